@@ -1,0 +1,426 @@
+"""Reading and writing ECG records: WFDB (format 16 fast path), CinC ``.mat``, CPSC2018, SPH HDF5.
+
+Every reader returns a :class:`Record` whose ``signal`` is float32 ``(n_leads, n_samples)`` in mV,
+``(adc - baseline) / gain``; the WFDB "invalid sample" value (-32768 in format 16) becomes NaN.
+Leads stay in file order: :func:`supreme_ecg.leads.reorder_by_name` puts them in canonical order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from supreme_ecg.leads import CANONICAL_LEADS
+
+#: The format-16 ADC value WFDB reserves for a missing (NaN) sample.
+ADC_NAN = -32768
+#: Lead order and rate of the original CPSC2018 release and of SPH.
+CPSC2018_LEADS = CANONICAL_LEADS
+CPSC2018_FS = 500.0
+SPH_FS = 500.0
+
+_FMT_RE = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
+_GAIN_RE = re.compile(r"^([-+]?[\d.]+(?:[eE][-+]?\d+)?)(?:\(([-+]?\d+)\))?(?:/(\S+))?$")
+_COMMENT_RE = re.compile(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
+_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nu": 1.0}
+
+
+class RecordReadError(ValueError):
+    """A record that cannot be read: ``.reason`` is a short machine-usable code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """One signal line of a WFDB header."""
+
+    file_name: str
+    fmt: str
+    gain: float
+    baseline: int
+    units: str
+    adc_res: int = 0
+    adc_zero: int = 0
+    init_value: int | None = None
+    checksum: int | None = None
+    lead_name: str = ""
+    samples_per_frame: int = 1
+    skew: int = 0
+    byte_offset: int = 0
+
+
+@dataclass
+class Header:
+    """A parsed WFDB header (``.hea``)."""
+
+    record_name: str
+    n_sig: int
+    fs: float
+    n_samples: int | None
+    signals: list[SignalSpec]
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def lead_names(self) -> list[str]:
+        """Lead (description) names in file order."""
+        return [s.lead_name for s in self.signals]
+
+    @property
+    def gains(self) -> np.ndarray:
+        """Per-signal gain in ADC units per physical unit."""
+        return np.array([s.gain for s in self.signals], dtype=np.float64)
+
+    @property
+    def baselines(self) -> np.ndarray:
+        """Per-signal baseline (ADC value of 0 physical units)."""
+        return np.array([s.baseline for s in self.signals], dtype=np.float64)
+
+    @property
+    def to_mv(self) -> np.ndarray:
+        """Per-signal factor from the header's units to mV."""
+        return np.array([_unit_factor(s.units) for s in self.signals], dtype=np.float64)
+
+
+@dataclass
+class Record:
+    """An ECG record in mV with leads in file order."""
+
+    record_name: str
+    signal: np.ndarray
+    lead_names: list[str]
+    fs: float
+    n_samples: int
+    comments: list[str] = field(default_factory=list)
+    dx_codes: list[str] = field(default_factory=list)
+    age: int | None = None
+    sex: str | None = None
+    source_format: str = ""
+
+
+# --------------------------------------------------------------------------- header parsing
+
+
+def _unit_factor(units: str) -> float:
+    """Factor from a WFDB unit string to mV (unknown units count as mV)."""
+    return _UNIT_TO_MV.get(units.strip().lower(), 1.0)
+
+
+def _int_or_none(tokens: list[str], i: int) -> int | None:
+    """``int(tokens[i])`` or None when absent."""
+    return int(tokens[i]) if len(tokens) > i else None
+
+
+def _parse_record_line(line: str) -> tuple[str, int, float, int | None]:
+    """Record line → (record_name, n_sig, fs, n_samples); tolerates ``NAME.mat`` as first token."""
+    tokens = line.split()
+    name = tokens[0]
+    if "/" in name:
+        raise RecordReadError("multisegment_unsupported", name)
+    for ext in (".mat", ".hea", ".dat"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+    n_sig = int(tokens[1])
+    fs = float(tokens[2].split("/")[0]) if len(tokens) > 2 else 250.0
+    return name, n_sig, fs, _int_or_none(tokens, 3)
+
+
+def _parse_signal_line(line: str) -> SignalSpec:
+    """One signal line → :class:`SignalSpec` (gain 0 or absent means WFDB's default 200)."""
+    tokens = line.split()
+    fmt_match = _FMT_RE.match(tokens[1])
+    if fmt_match is None:
+        raise RecordReadError("bad_header", f"format field {tokens[1]!r}")
+    fmt, spf, skew, offset = fmt_match.groups()
+    gain, baseline, units = 200.0, None, "mV"
+    if len(tokens) > 2:
+        gain_match = _GAIN_RE.match(tokens[2])
+        if gain_match is None:
+            raise RecordReadError("bad_header", f"gain field {tokens[2]!r}")
+        gain = float(gain_match.group(1)) or 200.0
+        baseline = int(gain_match.group(2)) if gain_match.group(2) else None
+        units = gain_match.group(3) or "mV"
+    adc_zero = _int_or_none(tokens, 4) or 0
+    return SignalSpec(
+        file_name=tokens[0], fmt=fmt, gain=gain,
+        baseline=adc_zero if baseline is None else baseline, units=units,
+        adc_res=_int_or_none(tokens, 3) or 0, adc_zero=adc_zero,
+        init_value=_int_or_none(tokens, 5), checksum=_int_or_none(tokens, 6),
+        lead_name=" ".join(tokens[8:]), samples_per_frame=int(spf or 1),
+        skew=int(skew or 0), byte_offset=int(offset or 0),
+    )
+
+
+def parse_header_text(text: str) -> Header:
+    """Parse the text of a WFDB header."""
+    lines, comments = [], []
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if stripped.startswith("#"):
+            comments.append(stripped[1:].strip())
+        elif stripped:
+            lines.append(stripped.split("#")[0])
+    if not lines:
+        raise RecordReadError("bad_header", "no record line")
+    try:
+        name, n_sig, fs, n_samples = _parse_record_line(lines[0])
+        signals = [_parse_signal_line(line) for line in lines[1 : 1 + n_sig]]
+    except (IndexError, ValueError) as exc:
+        if isinstance(exc, RecordReadError):
+            raise
+        raise RecordReadError("bad_header", str(exc)) from exc
+    if len(signals) != n_sig:
+        raise RecordReadError("bad_header", f"{len(signals)} signal lines for n_sig={n_sig}")
+    return Header(name, n_sig, fs, n_samples, signals, comments)
+
+
+def read_header(hea_path: str | Path) -> Header:
+    """Read and parse a WFDB ``.hea`` file."""
+    path = Path(hea_path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError as exc:
+        raise RecordReadError("missing_file", str(path)) from exc
+    return parse_header_text(text)
+
+
+def parse_comments(comments: list[str]) -> dict[str, object]:
+    """``#Dx:``, ``#Age:``, ``#Sex:`` comments → ``{dx_codes, age, sex}``."""
+    found: dict[str, str] = {}
+    for comment in comments:
+        match = _COMMENT_RE.match(comment)
+        if match:
+            found.setdefault(match.group(1).lower(), match.group(2))
+    dx = [c.strip() for c in found.get("dx", "").split(",") if c.strip()]
+    return {"dx_codes": dx, "age": _parse_age(found.get("age")), "sex": _parse_sex(found.get("sex"))}
+
+
+def _parse_age(value: object) -> int | None:
+    """Age as int, None for ``NaN``/``Unknown``/empty."""
+    try:
+        age = float(np.asarray(value).ravel()[0]) if value is not None else float("nan")
+    except (ValueError, TypeError, IndexError):
+        return None
+    return None if not np.isfinite(age) else int(round(age))
+
+
+def _parse_sex(value: object) -> str | None:
+    """``Male``/``Female``/``M``/``F`` (any case) → ``"M"``/``"F"``, else None."""
+    text = str(np.asarray(value).ravel()[0]).strip().upper() if value is not None else ""
+    return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(text)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _scale(adc: np.ndarray, header: Header) -> np.ndarray:
+    """ADC (n_sig, n) → float32 mV, NaN where adc is :data:`ADC_NAN`."""
+    factor = (header.to_mv / header.gains)[:, None]
+    signal = ((adc.astype(np.float64) - header.baselines[:, None]) * factor).astype(np.float32)
+    signal[adc == ADC_NAN] = np.nan
+    return signal
+
+
+def _is_fast_wfdb16(header: Header) -> bool:
+    """True when the record is one format-16 ``.dat`` without skew, offset or oversampling."""
+    specs = header.signals
+    return (
+        len({s.file_name for s in specs}) == 1
+        and not specs[0].file_name.lower().endswith(".mat")
+        and all(s.fmt == "16" and s.skew == 0 and s.byte_offset == 0 and s.samples_per_frame == 1 for s in specs)
+    )
+
+
+def _read_wfdb16_fast(directory: Path, header: Header) -> np.ndarray:
+    """Format-16 ``.dat`` → mV with ``np.fromfile``; raises ``truncated_dat``."""
+    dat = directory / header.signals[0].file_name
+    if not dat.is_file():
+        raise RecordReadError("missing_file", str(dat))
+    n_sig = header.n_sig
+    count = -1 if header.n_samples is None else header.n_samples * n_sig
+    raw = np.fromfile(dat, dtype="<i2", count=count)
+    if (count >= 0 and raw.size < count) or raw.size % n_sig:
+        raise RecordReadError("truncated_dat", f"{dat.name}: {raw.size} samples, header needs {count}")
+    return _scale(raw.reshape(-1, n_sig).T, header)
+
+
+def _read_wfdb_generic(directory: Path, header: Header, stem: str) -> np.ndarray:
+    """Any other WFDB format through ``wfdb.rdrecord`` → mV."""
+    import wfdb
+
+    try:
+        rec = wfdb.rdrecord(str(directory / stem), physical=True)
+    except Exception as exc:  # wfdb raises many types on corrupt files
+        raise RecordReadError("wfdb_unreadable", f"{type(exc).__name__}: {exc}") from exc
+    return (rec.p_signal.T * header.to_mv[:, None]).astype(np.float32)
+
+
+def _read_cinc_mat(directory: Path, header: Header) -> np.ndarray:
+    """CinC v4 ``.mat`` (``val`` int16 n_sig × N) → mV; raises ``mat_shape_mismatch``."""
+    mat = directory / header.signals[0].file_name
+    val = _loadmat_key(mat, "val")
+    expected = (header.n_sig, header.n_samples if header.n_samples is not None else val.shape[-1])
+    if val.ndim != 2 or val.shape != expected:
+        raise RecordReadError("mat_shape_mismatch", f"{mat.name}: val {val.shape}, header {expected}")
+    return _scale(val, header)
+
+
+def _loadmat_key(path: Path, key: str) -> np.ndarray:
+    """One variable of a ``.mat`` file; raises ``missing_file``/``mat_unreadable``/``mat_no_<key>``."""
+    import scipy.io
+
+    if not path.is_file():
+        raise RecordReadError("missing_file", str(path))
+    try:
+        content = scipy.io.loadmat(str(path))
+    except Exception as exc:  # scipy raises ValueError, TypeError, OSError on damaged files
+        raise RecordReadError("mat_unreadable", f"{path.name}: {type(exc).__name__}: {exc}") from exc
+    if key not in content:
+        raise RecordReadError(f"mat_no_{key.lower()}", f"{path.name}: keys {sorted(content)}")
+    return content[key]
+
+
+def _read_from_header(hea: Path) -> Record:
+    """A record described by a WFDB header: format-16 fast path, CinC ``.mat`` or wfdb."""
+    header = read_header(hea)
+    directory, stem = hea.parent, hea.name[: -len(".hea")]
+    if header.signals and header.signals[0].file_name.lower().endswith(".mat"):
+        signal, kind = _read_cinc_mat(directory, header), "cinc_mat"
+    elif _is_fast_wfdb16(header):
+        signal, kind = _read_wfdb16_fast(directory, header), "wfdb16"
+    else:
+        signal, kind = _read_wfdb_generic(directory, header, stem), "wfdb"
+    return Record(
+        record_name=stem, signal=signal, lead_names=header.lead_names, fs=header.fs,
+        n_samples=signal.shape[1], comments=header.comments, source_format=kind,
+        **parse_comments(header.comments),
+    )
+
+
+def read_cpsc2018_mat(mat_path: str | Path) -> Record:
+    """Original CPSC2018 release ``.mat`` (struct ``ECG``: sex, age, data 12 × N in mV, 500 Hz)."""
+    path = Path(mat_path)
+    ecg = _loadmat_key(path, "ECG")
+    try:
+        data = np.asarray(ecg["data"][0, 0], dtype=np.float32)
+        sex, age = ecg["sex"][0, 0], ecg["age"][0, 0]
+    except (ValueError, IndexError, KeyError) as exc:
+        raise RecordReadError("mat_bad_struct", f"{path.name}: {exc}") from exc
+    if data.ndim != 2 or data.shape[0] != 12:
+        raise RecordReadError("mat_shape_mismatch", f"{path.name}: ECG.data {data.shape}")
+    return Record(
+        record_name=path.stem, signal=np.ascontiguousarray(data), lead_names=list(CPSC2018_LEADS),
+        fs=CPSC2018_FS, n_samples=data.shape[1], age=_parse_age(age), sex=_parse_sex(sex),
+        source_format="cpsc2018_mat",
+    )
+
+
+def read_sph_h5(h5_path: str | Path) -> Record:
+    """SPH HDF5 (dataset ``ecg``, 12 × N, 500 Hz, mV, canonical order)."""
+    import h5py
+
+    path = Path(h5_path)
+    if not path.is_file():
+        raise RecordReadError("missing_file", str(path))
+    try:
+        with h5py.File(path, "r") as handle:
+            data = np.asarray(handle["ecg"][()], dtype=np.float32)
+    except (OSError, KeyError) as exc:
+        raise RecordReadError("h5_unreadable", f"{path.name}: {exc}") from exc
+    if data.ndim != 2 or data.shape[0] != 12:
+        raise RecordReadError("h5_shape_mismatch", f"{path.name}: ecg {data.shape}")
+    return Record(
+        record_name=path.stem, signal=data, lead_names=list(CANONICAL_LEADS), fs=SPH_FS,
+        n_samples=data.shape[1], source_format="sph_h5",
+    )
+
+
+def _with_suffix(path: Path, suffix: str) -> Path:
+    """``path`` + suffix without treating dots in the record name as an extension."""
+    return path.with_name(path.name + suffix)
+
+
+def read_record(path: str | Path) -> Record:
+    """Read any supported record from its header path, data path or extension-less record path."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return read_sph_h5(path)
+    if suffix in (".hea", ".dat", ".mat"):
+        base = path.with_suffix("")
+        if suffix == ".hea" or _with_suffix(base, ".hea").is_file():
+            return _read_from_header(_with_suffix(base, ".hea"))
+        if suffix == ".mat":
+            return read_cpsc2018_mat(path)
+        raise RecordReadError("missing_file", f"no header for {path}")
+    for ext, reader in ((".hea", _read_from_header), (".mat", read_cpsc2018_mat), (".h5", read_sph_h5)):
+        candidate = _with_suffix(path, ext)
+        if candidate.is_file():
+            return reader(candidate)
+    raise RecordReadError("missing_file", str(path))
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def _to_adc(signal_mv: np.ndarray, gain: float) -> np.ndarray:
+    """mV → int16 ADC: round(mV·gain) clipped to ±32767, NaN/inf → :data:`ADC_NAN`."""
+    signal = np.asarray(signal_mv, dtype=np.float64)
+    if signal.ndim != 2:
+        raise ValueError(f"signal must be (n_leads, n_samples), got {signal.shape}")
+    finite = np.isfinite(signal)
+    adc = np.clip(np.rint(np.where(finite, signal, 0.0) * gain), -32767, 32767).astype(np.int16)
+    adc[~finite] = ADC_NAN
+    return adc
+
+
+def _num(value: float) -> str:
+    """Compact number text for headers (``1000``, ``4880``, ``257.5``)."""
+    return f"{float(value):.10g}"
+
+
+def _header_text(record_name, adc, lead_names, fs, gain, file_name, fmt, comments) -> str:
+    """WFDB header text with init values and 16-bit checksums."""
+    n_sig, n = adc.shape
+    if len(lead_names) != n_sig:
+        raise ValueError(f"{len(lead_names)} lead names for {n_sig} signals")
+    sums = adc.sum(axis=1, dtype=np.int64)
+    checksums = ((sums + 32768) % 65536) - 32768
+    inits = adc[:, 0] if n else np.zeros(n_sig, dtype=np.int16)
+    lines = [f"{record_name} {n_sig} {_num(fs)} {n}"]
+    lines += [
+        f"{file_name} {fmt} {_num(gain)}/mV 16 0 {int(inits[i])} {int(checksums[i])} 0 {lead_names[i]}"
+        for i in range(n_sig)
+    ]
+    lines += ["#" + c.lstrip("#") if c.startswith("#") else f"#{c}" for c in comments]
+    return "\n".join(lines) + "\n"
+
+
+def write_wfdb16(directory, record_name, signal_mv, lead_names, fs, gain=1000.0, comments=()) -> Path:
+    """Write ``record_name.hea`` + format-16 ``record_name.dat``; returns the header path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    adc = _to_adc(signal_mv, gain)
+    adc.T.astype("<i2").tofile(directory / f"{record_name}.dat")
+    hea = directory / f"{record_name}.hea"
+    hea.write_text(_header_text(record_name, adc, lead_names, fs, gain, f"{record_name}.dat", "16", comments))
+    return hea
+
+
+def write_cinc_mat(directory, record_name, signal_mv, lead_names, fs, gain=1000.0, comments=()) -> Path:
+    """Write CinC-form ``record_name.hea`` (``16+24``) + MATLAB v4 ``record_name.mat``; returns the header path."""
+    import scipy.io
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    adc = _to_adc(signal_mv, gain)
+    scipy.io.savemat(str(directory / f"{record_name}.mat"), {"val": adc}, format="4")
+    hea = directory / f"{record_name}.hea"
+    hea.write_text(_header_text(record_name, adc, lead_names, fs, gain, f"{record_name}.mat", "16+24", comments))
+    return hea

@@ -1,0 +1,332 @@
+"""The preprocess stage: canonical 12 leads, repaired, resampled, fixed length, normalised, sharded.
+
+Per record (:func:`preprocess_record`): reorder by lead name → repair NaN/inf runs → resample to
+``cfg.fs`` → fix length to ``cfg.n_samples`` → reject flat leads → normalise. Per shard
+(:func:`preprocess_shard`): stream a manifest Parquet, write accepted records (fixed-size list
+``signal`` column, row-major 12 × n) and rejected ones (with a reason code) to two Parquet files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy.signal import resample_poly
+
+from supreme_ecg import formats
+from supreme_ecg.leads import CANONICAL_LEADS, MissingLeadsError, reorder_by_name
+
+REQUIRED_MANIFEST_COLUMNS = ("record_id", "dataset", "source_path")
+ROW_GROUP_SIZE = 256
+
+
+class RecordRejected(Exception):
+    """A record the preprocess stage drops: ``.reason`` is a short code, ``.detail`` free text."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- signal ops
+
+
+def resample(signal: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
+    """Polyphase resampling along the last axis (ratio limited to denominators ≤ 1000)."""
+    if fs_in == fs_out:
+        return signal
+    ratio = (Fraction(fs_out) / Fraction(fs_in)).limit_denominator(1000)
+    out = resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
+    return out.astype(signal.dtype if np.issubdtype(signal.dtype, np.floating) else np.float32, copy=False)
+
+
+def _crop_or_pad(signal: np.ndarray, n: int) -> np.ndarray:
+    """Keep the first ``n`` samples; zero-pad at the end."""
+    out = signal[..., :n]
+    pad = n - out.shape[-1]
+    return np.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, pad)]) if pad > 0 else out
+
+
+def _center(signal: np.ndarray, n: int) -> np.ndarray:
+    """Centre crop, or symmetric zero padding (the extra sample goes to the end)."""
+    excess = signal.shape[-1] - n
+    if excess >= 0:
+        return signal[..., excess // 2 : excess // 2 + n]
+    before = -excess // 2
+    return np.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(before, -excess - before)])
+
+
+LENGTH_POLICIES = {"crop_or_pad": _crop_or_pad, "center": _center}
+
+
+def fix_length(signal: np.ndarray, n: int, policy: str = "crop_or_pad") -> np.ndarray:
+    """Crop or pad the last axis to ``n`` samples with a policy of :data:`LENGTH_POLICIES`."""
+    if policy not in LENGTH_POLICIES:
+        raise ValueError(f"unknown length policy {policy!r}; choose from {sorted(LENGTH_POLICIES)}")
+    return LENGTH_POLICIES[policy](signal, n)
+
+
+def repair_nonfinite(signal: np.ndarray, max_fraction: float) -> tuple[np.ndarray, int]:
+    """Linearly interpolate NaN/inf runs per lead (edges take the nearest finite value)."""
+    bad = ~np.isfinite(signal)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return signal, 0
+    share = bad.mean(axis=-1)
+    if (share == 1).any():
+        raise RecordRejected("all_nonfinite_lead", f"leads {np.flatnonzero(share == 1).tolist()} have no finite sample")
+    if (share > max_fraction).any():
+        lead = int(share.argmax())
+        raise RecordRejected("nonfinite_fraction", f"lead {lead}: {share[lead]:.3f} > {max_fraction}")
+    out = signal.copy()
+    positions = np.arange(signal.shape[-1])
+    for lead in np.flatnonzero(share):
+        mask = bad[lead]
+        out[lead, mask] = np.interp(positions[mask], positions[~mask], signal[lead, ~mask])
+    return out, n_bad
+
+
+def check_flat(signal: np.ndarray, threshold_mv: float, lead_names=CANONICAL_LEADS) -> None:
+    """Raise ``RecordRejected("flat_lead")`` when a lead's peak-to-peak is below ``threshold_mv``."""
+    ptp = np.ptp(signal, axis=-1)
+    flat = np.flatnonzero(ptp < threshold_mv)
+    if flat.size:
+        names = [lead_names[i] for i in flat]
+        raise RecordRejected("flat_lead", f"peak-to-peak < {threshold_mv} mV in {names}")
+
+
+def _minmax_global(signal: np.ndarray) -> np.ndarray:
+    """One min–max over the whole array to [0, 1] (MERL)."""
+    lo, hi = float(signal.min()), float(signal.max())
+    return (signal - lo) / (hi - lo) if hi > lo else np.zeros_like(signal)
+
+
+def _zscore_lead(signal: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per lead (constant leads become 0)."""
+    std = signal.std(axis=-1, keepdims=True)
+    return (signal - signal.mean(axis=-1, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
+NORMALISATIONS = {"minmax_global": _minmax_global, "zscore_lead": _zscore_lead, "none": lambda s: s}
+
+
+def normalise(signal: np.ndarray, method: str = "minmax_global") -> np.ndarray:
+    """Normalise with a method of :data:`NORMALISATIONS`."""
+    if method not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {method!r}; choose from {sorted(NORMALISATIONS)}")
+    return NORMALISATIONS[method](signal).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- one record
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings of the preprocess stage."""
+
+    fs: float = 500
+    n_samples: int = 5000
+    length_policy: str = "crop_or_pad"
+    max_nonfinite_fraction: float = 0.1
+    normalisation: str = "minmax_global"
+    flat_threshold_mv: float = 1e-6
+
+    def __post_init__(self):
+        """Fail fast on unknown policy/method names."""
+        fix_length(np.zeros((1, 1)), 1, self.length_policy)
+        normalise(np.zeros((1, 1), np.float32), self.normalisation)
+
+    @classmethod
+    def from_mapping(cls, values: dict, ignore: tuple[str, ...] = ("shards",)) -> "PreprocessConfig":
+        """Build from the config's ``preprocess`` mapping; unknown keys (except ``ignore``) raise."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known - set(ignore)
+        if unknown:
+            raise ValueError(f"unknown preprocess settings {sorted(unknown)}")
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def preprocess_record(record: formats.Record, cfg: PreprocessConfig) -> tuple[np.ndarray, dict]:
+    """Record → (float32 (12, cfg.n_samples), info); raises :class:`RecordRejected`."""
+    try:
+        signal, sources, derived = reorder_by_name(record.signal, record.lead_names)
+    except MissingLeadsError as exc:
+        raise RecordRejected("missing_leads", str(exc)) from exc
+    signal, n_repaired = repair_nonfinite(signal.astype(np.float32, copy=False), cfg.max_nonfinite_fraction)
+    signal = fix_length(resample(signal, record.fs, cfg.fs), cfg.n_samples, cfg.length_policy)
+    check_flat(signal, cfg.flat_threshold_mv)
+    info = {
+        "original_fs": float(record.fs),
+        "original_n_samples": int(record.signal.shape[-1]),
+        "lead_sources": list(sources),
+        "derived_leads": list(derived),
+        "n_nonfinite_repaired": n_repaired,
+    }
+    return np.ascontiguousarray(normalise(signal, cfg.normalisation), dtype=np.float32), info
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def shard_of(record_id: str, n_shards: int) -> int:
+    """Stable shard index of a record id (SHA-256, independent of PYTHONHASHSEED)."""
+    digest = hashlib.sha256(str(record_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % n_shards
+
+
+ADDED_FIELDS = [
+    ("fs", pa.float32()),
+    ("n_samples", pa.int32()),
+    ("original_fs", pa.float32()),
+    ("original_n_samples", pa.int32()),
+    ("lead_sources", pa.list_(pa.string())),
+    ("derived_leads", pa.list_(pa.string())),
+    ("n_nonfinite_repaired", pa.int32()),
+]
+REJECTS_SCHEMA = pa.schema([(name, pa.string()) for name in ("record_id", "dataset", "source_path", "reason", "detail")])
+
+
+def output_schema(manifest_schema: pa.Schema, cfg: PreprocessConfig) -> pa.Schema:
+    """Pass-through manifest columns + added columns + fixed-size ``signal`` (lead order in metadata)."""
+    added = [pa.field(n, t) for n, t in ADDED_FIELDS]
+    added.append(pa.field("signal", pa.list_(pa.float32(), 12 * cfg.n_samples)))
+    taken = {f.name for f in added}
+    passed = [f for f in manifest_schema if f.name not in taken]
+    meta = {"supreme_ecg.leads": ",".join(CANONICAL_LEADS), "supreme_ecg.preprocess": repr(asdict(cfg))}
+    return pa.schema(passed + added, metadata=meta)
+
+
+def _resolve(source_path: str, root) -> Path:
+    """``root / source_path`` (an absolute source_path ignores root)."""
+    return Path(root) / source_path if root is not None else Path(source_path)
+
+
+def _process_row(row: dict, cfg: PreprocessConfig, root) -> tuple[np.ndarray, dict]:
+    """Read and preprocess one manifest row; every failure becomes :class:`RecordRejected`."""
+    try:
+        record = formats.read_record(_resolve(row["source_path"], root))
+    except formats.RecordReadError as exc:
+        raise RecordRejected(exc.reason, exc.detail) from exc
+    except Exception as exc:  # any other unreadable file must still end in the rejects
+        raise RecordRejected("read_error", f"{type(exc).__name__}: {exc}") from exc
+    return preprocess_record(record, cfg)
+
+
+class _ShardWriter:
+    """Buffers accepted rows and writes row groups of ``row_group_size`` records."""
+
+    def __init__(self, path: Path, schema: pa.Schema, cfg: PreprocessConfig, row_group_size: int):
+        """Open a ParquetWriter at ``path``."""
+        self.schema, self.cfg, self.size = schema, cfg, row_group_size
+        self.writer = pq.ParquetWriter(path, schema)
+        self.rows: list[pa.RecordBatch] = []
+        self.signals: list[np.ndarray] = []
+        self.infos: list[dict] = []
+
+    def add(self, row: pa.RecordBatch, signal: np.ndarray, info: dict) -> None:
+        """Buffer one accepted record (``row`` is a one-row slice of the manifest batch)."""
+        self.rows.append(row)
+        self.signals.append(signal.reshape(-1))
+        self.infos.append(info)
+        if len(self.rows) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered records as one row group."""
+        if not self.rows:
+            return
+        passed = pa.Table.from_batches(self.rows).combine_chunks()
+        columns = {name: passed.column(name) for name in passed.column_names}
+        n = len(self.rows)
+        columns["fs"] = pa.array([self.cfg.fs] * n, pa.float32())
+        columns["n_samples"] = pa.array([self.cfg.n_samples] * n, pa.int32())
+        for name, typ in ADDED_FIELDS[2:]:
+            columns[name] = pa.array([info[name] for info in self.infos], typ)
+        flat = pa.array(np.concatenate(self.signals), pa.float32())
+        columns["signal"] = pa.FixedSizeListArray.from_arrays(flat, 12 * self.cfg.n_samples)
+        self.writer.write_table(pa.table([columns[f.name] for f in self.schema], schema=self.schema))
+        self.rows, self.signals, self.infos = [], [], []
+
+    def close(self) -> None:
+        """Flush and close."""
+        self.flush()
+        self.writer.close()
+
+
+def _reject_row(row: dict, exc: RecordRejected) -> dict:
+    """One row of the rejects file."""
+    return {
+        "record_id": str(row["record_id"]), "dataset": str(row["dataset"]),
+        "source_path": str(row["source_path"]), "reason": exc.reason, "detail": exc.detail[:500],
+    }
+
+
+def _shard_batches(manifest: pq.ParquetFile, shard: int, n_shards: int, batch_size: int):
+    """Yield (batch, indices of this shard's rows) streamed from the manifest."""
+    for batch in manifest.iter_batches(batch_size=batch_size):
+        ids = batch.column("record_id").to_pylist()
+        yield batch, [i for i, rid in enumerate(ids) if shard_of(str(rid), n_shards) == shard]
+
+
+def preprocess_shard(
+    manifest_path, shard: int, n_shards: int, cfg: PreprocessConfig, out_path, rejects_path,
+    root=None, row_group_size: int = ROW_GROUP_SIZE,
+) -> dict:
+    """Preprocess one shard of a manifest into ``out_path`` and ``rejects_path`` (both always written)."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} outside 0..{n_shards - 1}")
+    manifest = pq.ParquetFile(manifest_path)
+    missing = set(REQUIRED_MANIFEST_COLUMNS) - set(manifest.schema_arrow.names)
+    if missing:
+        raise ValueError(f"manifest {manifest_path} lacks columns {sorted(missing)}")
+    out_path, rejects_path = Path(out_path), Path(rejects_path)
+    for path in (out_path, rejects_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    schema = output_schema(manifest.schema_arrow, cfg)
+    tmp_out, tmp_rej = out_path.with_name(out_path.name + ".tmp"), rejects_path.with_name(rejects_path.name + ".tmp")
+    writer = _ShardWriter(tmp_out, schema, cfg, row_group_size)
+    rejects, reasons, n_in, n_ok = [], Counter(), 0, 0
+    try:
+        for batch, indices in _shard_batches(manifest, shard, n_shards, max(row_group_size, 1024)):
+            passed = batch.select([f.name for f in schema if f.name in batch.schema.names])
+            for i in indices:
+                n_in += 1
+                row = {k: batch.column(k)[i].as_py() for k in REQUIRED_MANIFEST_COLUMNS}
+                try:
+                    signal, info = _process_row(row, cfg, root)
+                except RecordRejected as exc:
+                    rejects.append(_reject_row(row, exc))
+                    reasons[exc.reason] += 1
+                    continue
+                writer.add(passed.slice(i, 1), signal, info)
+                n_ok += 1
+    except BaseException:
+        writer.close()
+        tmp_out.unlink(missing_ok=True)
+        raise
+    writer.close()
+    pq.write_table(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), tmp_rej)
+    os.replace(tmp_out, out_path)
+    os.replace(tmp_rej, rejects_path)
+    return {"shard": shard, "n_shards": n_shards, "n_input": n_in, "n_written": n_ok,
+            "n_rejected": len(rejects), "reasons": dict(reasons)}
+
+
+def read_signals(table_or_path) -> np.ndarray:
+    """The ``signal`` column as float32 ``(n, 12, n_samples)``, without Python loops."""
+    if isinstance(table_or_path, (str, os.PathLike)):
+        table_or_path = pq.read_table(table_or_path, columns=["signal"])
+    column = table_or_path.column("signal")
+    size = column.type.list_size
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=False).reshape(len(column), 12, size // 12)
