@@ -16,6 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.signal import resample_poly
@@ -330,3 +331,30 @@ def read_signals(table_or_path) -> np.ndarray:
         column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
     values = column.flatten().to_numpy(zero_copy_only=False)
     return values.astype(np.float32, copy=False).reshape(len(column), 12, size // 12)
+
+
+def summarise_dataset(manifest_path, shard_paths, rejects_paths, out_csv, rejects_out) -> pd.DataFrame:
+    """Account for every manifest record (written or rejected) and write the dataset summary.
+
+    Writes ``rejects_out`` (all shards' rejects) and ``out_csv`` with one row per outcome
+    (``written`` and one ``rejected:<reason>`` row per reason). Raises if a record is missing or
+    counted twice, so nothing is dropped silently.
+    """
+    manifest_ids = pq.read_table(manifest_path, columns=["record_id"]).column("record_id").to_pylist()
+    written = [pq.read_table(p, columns=["record_id"]).column("record_id") for p in shard_paths]
+    rejects = pa.concat_tables([pq.read_table(p) for p in rejects_paths]) if rejects_paths else (
+        REJECTS_SCHEMA.empty_table())
+    ids = [rid for col in written for rid in col.to_pylist()] + rejects.column("record_id").to_pylist()
+    if sorted(map(str, ids)) != sorted(map(str, manifest_ids)):
+        missing = set(map(str, manifest_ids)) - set(map(str, ids))
+        raise RuntimeError(
+            f"{len(ids)} records accounted for, manifest has {len(manifest_ids)}; "
+            f"missing e.g. {sorted(missing)[:5]}")
+    pq.write_table(rejects, rejects_out)
+    rows = [{"outcome": "written", "n_records": len(ids) - rejects.num_rows}]
+    reasons = Counter(rejects.column("reason").to_pylist())
+    rows += [{"outcome": f"rejected:{reason}", "n_records": n} for reason, n in sorted(reasons.items())]
+    summary = pd.DataFrame(rows)
+    summary["share"] = summary["n_records"] / max(len(manifest_ids), 1)
+    summary.to_csv(out_csv, index=False)
+    return summary

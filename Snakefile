@@ -1,0 +1,39 @@
+"""SuPreME-style supervised multimodal ECG pre-training, from raw records to zero-shot AUCs.
+
+Stages (one rule file each under workflow/rules/, logic in the `supreme_ecg` package):
+data -> index -> preprocess -> extract -> pretrain -> labels -> zeroshot.
+"""
+
+import os
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+# The rules run `python -m supreme_ecg.cli`; the package is importable without installing it.
+SRC_DIR = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, SRC_DIR)
+os.environ.update(PYTHONPATH=SRC_DIR)  # jobs import the package from this checkout
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/zeroshot.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/zeroshot/summary.csv",
+        expand("results/preprocessed/{dataset}/summary.csv", dataset=DATASETS),
+        "results/extract/label_vocabulary.parquet",

