@@ -75,6 +75,7 @@ def cmd_labels(args: argparse.Namespace) -> dict:
     from supreme_ecg import datasets
 
     labels, n_dropped = datasets.task_labels_for(args.task, args.manifest, args.root)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     labels.to_parquet(args.out, index=False)
     return {"task": args.task, "n_records": len(labels), "n_dropped_without_label": n_dropped}
 

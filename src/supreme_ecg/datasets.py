@@ -1,0 +1,235 @@
+"""Indexers that turn a dataset folder into a manifest (one row per record) and task labels.
+
+The same functions read the demo corpus and the real PhysioNet sets:
+
+* :func:`index_mimic` — MIMIC-IV-ECG (``record_list.csv`` + ``machine_measurements.csv``).
+* :func:`index_ptbxl` — PTB-XL (``ptbxl_database.csv``; splits from ``strat_fold``).
+* :func:`index_cinc` — CinC-form sets (CPSC2018, CSN): header text only, the benchmark's random split.
+* :func:`task_labels` — one int8 column per class of a zero-shot task, codes matched exactly.
+
+The ``index_*`` functions give ``source_path`` relative to the *set* folder they are given;
+:func:`index_dataset` (what the workflow calls) prefixes the set folder so that ``source_path`` is
+relative to the *data root* holding all sets (the preprocess stage's ``--root``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from supreme_ecg import catalogue, formats
+
+#: ``random_state`` of the benchmark's random splits (CPSC2018, CSN).
+SPLIT_SEED = 42
+#: Number of free-text statement fields in ``machine_measurements.csv``.
+N_REPORT_FIELDS = 18
+REPORT_COLUMNS = tuple(f"report_{k}" for k in range(N_REPORT_FIELDS))
+#: PTB-XL ``strat_fold`` → split (the benchmark's rule).
+PTBXL_FOLD_SPLIT = {**{fold: "train" for fold in range(1, 9)}, 9: "val", 10: "test"}
+#: Datasets whose tasks keep only records with at least one label of the task.
+#: MERL's PTB-XL CSVs (from the PTB-XL benchmarking code) drop unlabelled records in all four
+#: PTB-XL tasks (e.g. 23 of ecg_id 1–500 are absent from super/sub); CPSC2018/CSN keep every record.
+MIN_ONE_LABEL_DATASETS = ("ptbxl",)
+#: Folder of each dataset under a data root (the PhysioNet project slugs; CPSC2018 as its own folder).
+DATASET_FOLDERS = {"mimic": "mimic-iv-ecg", "ptbxl": "ptb-xl", "cpsc2018": "cpsc2018", "csn": "ecg-arrhythmia"}
+
+
+# --------------------------------------------------------------------------- MIMIC-IV-ECG
+
+
+def index_mimic(root) -> pd.DataFrame:
+    """MIMIC-IV-ECG manifest: record_id, dataset, source_path, patient_id, split, report, n_report_fields."""
+    from supreme_ecg.extract import clean_mimic_report  # MERL's report cleaning, owned by the extract stage
+
+    root = Path(root)
+    records = pd.read_csv(root / "record_list.csv", dtype={"path": str})
+    cols = ["study_id", *REPORT_COLUMNS]
+    reports = pd.read_csv(root / "machine_measurements.csv", usecols=lambda c: c in cols, dtype=str)
+    reports["study_id"] = reports["study_id"].astype(np.int64)
+    merged = records.merge(reports, on="study_id", how="left")
+    report_cols = [c for c in REPORT_COLUMNS if c in merged]
+    fields = merged[report_cols].to_numpy(dtype=object)
+    return pd.DataFrame({
+        "record_id": merged["study_id"].astype(str),
+        "dataset": "mimic",
+        "source_path": merged["path"].astype(str),
+        "patient_id": merged["subject_id"].astype(np.int64),
+        "split": "pretrain",
+        "report": [clean_mimic_report(row) for row in fields],
+        "n_report_fields": [sum(isinstance(f, str) and bool(f.strip()) for f in row) for row in fields],
+    })
+
+
+# --------------------------------------------------------------------------- PTB-XL
+
+
+def parse_scp_codes(text) -> dict[str, float]:
+    """PTB-XL ``scp_codes`` (Python-literal or JSON dict string, or a dict) → {code: likelihood}."""
+    if isinstance(text, dict):
+        return {str(k): float(v) for k, v in text.items()}
+    if not isinstance(text, str) or not text.strip():
+        return {}
+    return {str(k): float(v) for k, v in ast.literal_eval(text).items()}
+
+
+def index_ptbxl(root, sampling_rate: int = 500) -> pd.DataFrame:
+    """PTB-XL manifest: record_id ``ptbxl/{ecg_id}``, source_path, patient_id, split, report, scp_codes, strat_fold."""
+    column = {500: "filename_hr", 100: "filename_lr"}[int(sampling_rate)]
+    db = pd.read_csv(Path(root) / "ptbxl_database.csv")
+    folds = db["strat_fold"].astype(int)
+    return pd.DataFrame({
+        "record_id": "ptbxl/" + db["ecg_id"].astype(int).astype(str),
+        "dataset": "ptbxl",
+        "source_path": db[column].astype(str),
+        "patient_id": db["patient_id"].astype("Int64"),
+        "split": folds.map(PTBXL_FOLD_SPLIT),
+        "report": db["report"].fillna("").astype(str),
+        "scp_codes": [json.dumps(parse_scp_codes(s)) for s in db["scp_codes"]],
+        "strat_fold": folds,
+        "ecg_id": db["ecg_id"].astype(int),
+        "age": pd.to_numeric(db.get("age"), errors="coerce"),
+        "sex": db.get("sex"),
+    })
+
+
+def load_scp_statements(path=None) -> pd.DataFrame:
+    """``scp_statements.csv`` indexed by SCP code; None → the catalogue's statement facts."""
+    if path is not None:
+        return pd.read_csv(path, index_col=0)
+    frame = pd.DataFrame.from_dict(catalogue.scp_statement_facts(), orient="index")
+    return frame.reindex(columns=["description", "diagnostic", "form", "rhythm",
+                                  "diagnostic_class", "diagnostic_subclass"])
+
+
+# --------------------------------------------------------------------------- CinC form
+
+
+def _header_files(root: Path) -> list[Path]:
+    """Every ``*.hea`` under ``root``, sorted by relative path."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        found += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".hea")]
+    return found
+
+
+def random_split(record_ids, seed: int = SPLIT_SEED) -> dict[str, str]:
+    """The benchmark's split: 80/20 train/test, then 10 % of train to val, on the sorted ids."""
+    from sklearn.model_selection import train_test_split
+
+    ids = sorted(record_ids)
+    if len(ids) < 5:
+        return {i: "train" for i in ids}
+    train, test = train_test_split(ids, test_size=0.2, random_state=seed)
+    train, val = train_test_split(train, test_size=0.1, random_state=seed)
+    return {**{i: "train" for i in train}, **{i: "val" for i in val}, **{i: "test" for i in test}}
+
+
+def index_cinc(root, dataset: str) -> pd.DataFrame:
+    """CinC-form manifest (header text only): record_id ``{dataset}/{name}``, source_path, dx_codes, age, sex, split."""
+    root = Path(root)
+    rows = []
+    for hea in _header_files(root):
+        meta = formats.parse_comments(formats.read_header(hea).comments)
+        name = hea.name[: -len(".hea")]
+        rows.append({
+            "record_id": f"{dataset}/{name}", "dataset": dataset,
+            "source_path": hea.relative_to(root).with_name(name).as_posix(),
+            "dx_codes": list(meta["dx_codes"]), "age": meta["age"], "sex": meta["sex"],
+        })
+    frame = pd.DataFrame(rows, columns=["record_id", "dataset", "source_path", "dx_codes", "age", "sex"])
+    frame["age"] = frame["age"].astype("Int64")
+    frame["split"] = frame["record_id"].map(random_split(frame["record_id"]))
+    return frame
+
+
+# --------------------------------------------------------------------------- task labels
+
+
+def _code_list(value) -> list[str]:
+    """A record's code list from a list/array, a JSON list, or a comma-separated string."""
+    if isinstance(value, str):
+        text = value.strip()
+        items = json.loads(text) if text.startswith("[") else text.split(",")
+    elif value is None or (isinstance(value, float) and np.isnan(value)):
+        items = []
+    else:
+        items = list(value)
+    return [str(c).strip() for c in items if str(c).strip()]
+
+
+def _ptbxl_names(codes: dict, statements: pd.DataFrame, source: str) -> set[str]:
+    """Label names of one record's SCP codes for a PTB-XL label source (underscores stripped)."""
+    flag = {"diagnostic_class": "diagnostic", "diagnostic_subclass": "diagnostic"}.get(source, source)
+    names = set()
+    for code in codes:
+        if code not in statements.index or statements.at[code, flag] != 1:
+            continue
+        name = code if source in ("form", "rhythm") else statements.at[code, source]
+        if isinstance(name, str) and name:
+            names.add(name.strip("_"))
+    return names
+
+
+def _snomed_names(codes: list[str], classes) -> set[str]:
+    """Classes whose SNOMED codes contain one of the record's codes (exact string equality)."""
+    have = set(codes)
+    return {c.name for c in classes if have.intersection(c.snomed)}
+
+
+def task_labels_and_dropped(manifest: pd.DataFrame, task: str, scp_statements: pd.DataFrame | None = None
+                            ) -> tuple[pd.DataFrame, int]:
+    """(labels, n_dropped): record_id, split, one int8 column per class; drops by the ≥1-label rule."""
+    spec = catalogue.benchmark()["tasks"][task]
+    classes = catalogue.task_classes(task)
+    if spec["label_source"] == "snomed":
+        names = [_snomed_names(_code_list(v), classes) for v in manifest["dx_codes"]]
+    else:
+        statements = load_scp_statements() if scp_statements is None else scp_statements
+        names = [_ptbxl_names(parse_scp_codes(v), statements, spec["label_source"]) for v in manifest["scp_codes"]]
+    labels = pd.DataFrame({"record_id": manifest["record_id"].to_numpy(), "split": manifest["split"].to_numpy()})
+    for cls in classes:
+        labels[cls.name] = np.fromiter((cls.name.strip("_") in n for n in names), np.int8, len(names))
+    if spec["dataset"] not in MIN_ONE_LABEL_DATASETS:
+        return labels, 0
+    keep = labels[[c.name for c in classes]].to_numpy().any(axis=1)
+    return labels[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def task_labels(manifest: pd.DataFrame, task: str, scp_statements: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Task label table (see :func:`task_labels_and_dropped`); ``.attrs["n_dropped"]`` holds the drop count."""
+    labels, dropped = task_labels_and_dropped(manifest, task, scp_statements)
+    labels.attrs["n_dropped"] = dropped
+    return labels
+
+
+# --------------------------------------------------------------------------- workflow entry points
+
+
+def index_dataset(dataset: str, data_root) -> pd.DataFrame:
+    """Manifest of one set under ``data_root`` with ``source_path`` relative to ``data_root``."""
+    folder = DATASET_FOLDERS[dataset]
+    set_root = Path(data_root) / folder
+    if dataset == "mimic":
+        manifest = index_mimic(set_root)
+    elif dataset == "ptbxl":
+        manifest = index_ptbxl(set_root)
+    else:
+        manifest = index_cinc(set_root, dataset)
+    manifest["source_path"] = folder + "/" + manifest["source_path"]
+    return manifest
+
+
+def task_labels_for(task: str, manifest_path, data_root) -> tuple[pd.DataFrame, int]:
+    """(labels, n_dropped) of a task from a manifest Parquet; PTB-XL uses the set's own scp_statements.csv."""
+    manifest = pd.read_parquet(manifest_path)
+    statements = None
+    if catalogue.task_dataset(task) == "ptbxl":
+        path = Path(data_root) / DATASET_FOLDERS["ptbxl"] / "scp_statements.csv"
+        statements = load_scp_statements(path if path.is_file() else None)
+    return task_labels_and_dropped(manifest, task, statements)

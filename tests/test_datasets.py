@@ -1,0 +1,188 @@
+"""Indexers and task labels: on hand-made tables and on the real fixtures (skipped without them)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from supreme_ecg import catalogue, datasets
+from supreme_ecg.settings import fixtures_dir, shared_reference_dir
+
+FIXTURES = fixtures_dir()
+REFERENCE = shared_reference_dir()
+needs_ptbxl = pytest.mark.skipif(
+    not (FIXTURES / "ptbxl" / "ptbxl_database.csv").is_file(),
+    reason=f"PTB-XL fixtures absent at {FIXTURES / 'ptbxl'} (set SUPREME_FIXTURES)",
+)
+needs_cinc = pytest.mark.skipif(
+    not (FIXTURES / "cinc2020" / "cpsc2018").is_dir(),
+    reason=f"CinC 2020 fixtures absent at {FIXTURES / 'cinc2020'} (set SUPREME_FIXTURES)",
+)
+needs_merl = pytest.mark.skipif(
+    not (REFERENCE / "merl_splits").is_dir(), reason=f"MERL split CSVs absent at {REFERENCE / 'merl_splits'}"
+)
+MERL_CSV = {"ptbxl_super": "ptbxl_super_class", "ptbxl_sub": "ptbxl_sub_class",
+            "ptbxl_form": "ptbxl_form", "ptbxl_rhythm": "ptbxl_rhythm"}
+
+
+# --------------------------------------------------------------------------- hand-made tables
+
+
+def _write_mimic_tables(root):
+    """Three records; the third has no machine_measurements row."""
+    pd.DataFrame({
+        "subject_id": [10000032, 10000032, 10000117],
+        "study_id": [40689238, 44458630, 45000000],
+        "file_name": [40689238, 44458630, 45000000],
+        "ecg_time": ["2180-07-23 08:44:00"] * 3,
+        "path": ["files/p1000/p10000032/s40689238/40689238", "files/p1000/p10000032/s44458630/44458630",
+                 "files/p1000/p10000117/s45000000/45000000"],
+    }).to_csv(root / "record_list.csv", index=False)
+    reports = {f"report_{k}": [None, None] for k in range(18)}
+    reports["report_0"] = ["*** Poor data quality, interpretation may be adversely affected", "Sinus rhythm"]
+    reports["report_1"] = ["Sinus rhythm", "  "]
+    reports["report_2"] = ["Borderline ECG", None]
+    pd.DataFrame({"subject_id": [10000032, 10000032], "study_id": [40689238, 44458630], "cart_id": [6001, 6002],
+                  "ecg_time": ["2180-07-23 08:44:00"] * 2, **reports, "rr_interval": [800, 900]}
+                 ).to_csv(root / "machine_measurements.csv", index=False)
+
+
+def test_index_mimic_cleans_reports_and_keeps_records_without_measurements(tmp_path):
+    _write_mimic_tables(tmp_path)
+    m = datasets.index_mimic(tmp_path)
+    assert list(m["record_id"]) == ["40689238", "44458630", "45000000"]
+    assert (m["dataset"] == "mimic").all() and (m["split"] == "pretrain").all()
+    assert m["source_path"].iloc[0] == "files/p1000/p10000032/s40689238/40689238"
+    first = "poor data quality, interpretation may be adversely affected. sinus rhythm. borderline ecg"
+    assert m["report"].tolist()[0] == first
+    assert m["report"].tolist()[1:] == ["sinus rhythm", ""]
+    assert m["n_report_fields"].tolist() == [3, 1, 0]
+    assert m["patient_id"].tolist() == [10000032, 10000032, 10000117]
+
+
+def test_parse_scp_codes_accepts_python_literal_json_and_dict():
+    assert datasets.parse_scp_codes("{'NORM': 100.0, 'SR': 0.0}") == {"NORM": 100.0, "SR": 0.0}
+    assert datasets.parse_scp_codes('{"NST_": 50}') == {"NST_": 50.0}
+    assert datasets.parse_scp_codes({"AFIB": 1}) == {"AFIB": 1.0}
+    assert datasets.parse_scp_codes("") == {} and datasets.parse_scp_codes(None) == {}
+
+
+def _ptbxl_manifest(codes: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame({"record_id": [f"ptbxl/{i + 1}" for i in range(len(codes))], "split": "test",
+                         "scp_codes": [json.dumps(c) for c in codes]})
+
+
+def test_ptbxl_labels_strip_underscores_and_drop_unlabelled():
+    manifest = _ptbxl_manifest([{"1AVB": 100.0, "SR": 0.0}, {"NST_": 100.0}, {"SR": 0.0}, {"STD_": 0.0}])
+    sub, dropped = datasets.task_labels_and_dropped(manifest, "ptbxl_sub")
+    assert dropped == 2 and sub["record_id"].tolist() == ["ptbxl/1", "ptbxl/2"]
+    assert sub.loc[0, "AVB"] == 1 and sub.loc[1, "NST"] == 1 and sub.loc[0, "NST"] == 0
+    assert sub["AVB"].dtype == np.int8
+    form = datasets.task_labels(manifest, "ptbxl_form")
+    assert form.attrs["n_dropped"] == 2
+    assert form.set_index("record_id").loc["ptbxl/2", "NST"] == 1  # NST_ (form) → class NST
+    assert form.set_index("record_id").loc["ptbxl/4", "STD"] == 1  # likelihood 0 still counts
+    rhythm = datasets.task_labels(manifest, "ptbxl_rhythm")
+    assert rhythm["record_id"].tolist() == ["ptbxl/1", "ptbxl/3"] and (rhythm["SR"] == 1).all()
+
+
+def test_task_label_columns_follow_the_catalogue():
+    for task in catalogue.task_names():
+        if catalogue.task_dataset(task) == "ptbxl":
+            manifest = _ptbxl_manifest([{"NORM": 100.0, "SR": 0.0, "PVC": 0.0}])
+        else:
+            manifest = pd.DataFrame({"record_id": ["x/1"], "split": ["train"], "dx_codes": [["426783006"]]})
+        labels = datasets.task_labels(manifest, task)
+        assert list(labels.columns) == ["record_id", "split"] + [c.name for c in catalogue.task_classes(task)]
+
+
+def test_csn_snomed_match_is_exact_not_substring():
+    manifest = pd.DataFrame({"record_id": ["csn/A", "csn/B", "csn/C"], "split": "test",
+                             "dx_codes": [["164889003"], "164890007,59118001", json.dumps(["426177001"])]})
+    labels = datasets.task_labels(manifest, "csn").set_index("record_id")
+    assert labels.loc["csn/A", "AFIB"] == 1 and labels.loc["csn/A", "AF"] == 0
+    assert labels.loc["csn/B", "AF"] == 1 and labels.loc["csn/B", "AFIB"] == 0 and labels.loc["csn/B", "RBBB"] == 1
+    assert labels.loc["csn/C"].drop("split").sum() == 0  # sinus bradycardia is no CSN class
+    assert labels.attrs["n_dropped"] == 0  # CSN keeps unlabelled records
+
+
+def test_random_split_is_the_benchmark_rule():
+    from sklearn.model_selection import train_test_split
+
+    ids = [f"cpsc2018/A{i:04d}" for i in range(100, 0, -1)]
+    split = datasets.random_split(ids)
+    train, test = train_test_split(sorted(ids), test_size=0.2, random_state=42)
+    train, val = train_test_split(train, test_size=0.1, random_state=42)
+    assert {i for i, s in split.items() if s == "test"} == set(test)
+    assert {i for i, s in split.items() if s == "val"} == set(val)
+    assert sum(s == "train" for s in split.values()) == 72
+    assert datasets.random_split(ids[:3]) == {i: "train" for i in ids[:3]}
+
+
+# --------------------------------------------------------------------------- real fixtures
+
+
+@needs_ptbxl
+def test_index_ptbxl_on_fixtures():
+    m = datasets.index_ptbxl(FIXTURES / "ptbxl")
+    assert len(m) == 500 and m["record_id"].iloc[0] == "ptbxl/1"
+    expected = m["strat_fold"].map(lambda f: "train" if f <= 8 else "val" if f == 9 else "test")
+    assert (m["split"] == expected).all()
+    assert m["source_path"].iloc[0] == "records500/00000/00001_hr"
+    assert (FIXTURES / "ptbxl" / (m["source_path"].iloc[0] + ".hea")).is_file()
+    assert json.loads(m["scp_codes"].iloc[0]) == {"NORM": 100.0, "LVOLT": 0.0, "SR": 0.0}
+    low = datasets.index_ptbxl(FIXTURES / "ptbxl", sampling_rate=100)
+    assert low["source_path"].iloc[0] == "records100/00000/00001_lr"
+
+
+@needs_ptbxl
+@needs_merl
+@pytest.mark.parametrize("task", list(MERL_CSV))
+def test_ptbxl_labels_agree_with_merl_csvs(task):
+    manifest = datasets.index_ptbxl(FIXTURES / "ptbxl")
+    statements = datasets.load_scp_statements(FIXTURES / "ptbxl" / "scp_statements.csv")
+    ours = datasets.task_labels(manifest, task, statements)
+    ours.index = ours["record_id"].str.split("/").str[1].astype(int)
+    merl = pd.concat([pd.read_csv(REFERENCE / "merl_splits" / f"{MERL_CSV[task]}_{s}.csv").assign(split=s)
+                      for s in ("train", "val", "test")]).set_index("ecg_id")
+    common = merl.index.intersection(ours.index)
+    assert len(common) > 100
+    assert set(merl.index.intersection(manifest["record_id"].str[6:].astype(int))) <= set(ours.index)
+    names = [c.name for c in catalogue.task_classes(task)]
+    agreement = (ours.loc[common, names].to_numpy() == merl.loc[common, names].to_numpy()).all(axis=1).mean()
+    print(f"{task}: {len(common)} records in both, label agreement {agreement:.3f}")
+    assert agreement == 1.0
+    assert (ours.loc[common, "split"] == merl.loc[common, "split"]).all()
+
+
+@needs_cinc
+def test_index_cinc_reads_snomed_codes_and_cpsc_labels():
+    root = FIXTURES / "cinc2020" / "cpsc2018"
+    m = datasets.index_cinc(root, "cpsc2018")
+    assert len(m) == len(list(root.glob("*.hea")))
+    row = m.set_index("record_id").loc["cpsc2018/A0001"]
+    assert list(row["dx_codes"]) == ["59118001"] and row["source_path"] == "A0001"
+    assert row["age"] == 74 and row["sex"] == "M"
+    assert set(m["split"]) <= {"train", "val", "test"}
+    labels = datasets.task_labels(m, "cpsc2018").set_index("record_id")
+    assert labels.loc["cpsc2018/A0001", "CRBBB"] == 1
+    assert labels.loc["cpsc2018/A0001"].drop(["split", "CRBBB"]).sum() == 0
+
+
+@needs_cinc
+def test_csn_afib_fixture_does_not_fire_atrial_flutter():
+    m = datasets.index_cinc(FIXTURES / "cinc2020" / "chapman_ningbo", "csn")
+    labels = datasets.task_labels(m, "csn").set_index("record_id")
+    assert "164889003" in list(m.set_index("record_id").loc["csn/JS00001", "dx_codes"])
+    assert labels.loc["csn/JS00001", "AFIB"] == 1 and labels.loc["csn/JS00001", "AF"] == 0
+
+
+@needs_cinc
+def test_index_dataset_paths_are_relative_to_the_data_root(tmp_path):
+    (tmp_path / "cpsc2018").symlink_to(FIXTURES / "cinc2020" / "cpsc2018", target_is_directory=True)
+    m = datasets.index_dataset("cpsc2018", tmp_path)
+    assert m["source_path"].iloc[0] == "cpsc2018/A0001"
+    assert (tmp_path / (m["source_path"].iloc[0] + ".hea")).is_file()

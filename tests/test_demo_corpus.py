@@ -1,0 +1,199 @@
+"""The demo corpus: real layouts, read back by the real indexers and readers, deterministic."""
+
+from __future__ import annotations
+
+import ast
+import filecmp
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from supreme_ecg import catalogue, datasets, formats
+from supreme_ecg.demo import corpus
+from supreme_ecg.leads import CANONICAL_LEADS, MIMIC_LEAD_ORDER, reorder_by_name
+
+SIZES = dict(n_pretrain=60, n_ptbxl=30, n_cpsc=30, n_csn=30)
+SEED = 7
+SETS = ("mimic", "ptbxl", "cpsc2018", "csn")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    counts = corpus.generate_demo(root, seed=SEED, **SIZES)
+    return root, counts, pd.read_parquet(root / "demo_truth.parquet")
+
+
+@pytest.fixture(scope="module")
+def manifests(demo):
+    root = demo[0]
+    return {name: datasets.index_dataset(name, root) for name in SETS}
+
+
+def _read(root, manifest, record_id):
+    return formats.read_record(root / manifest.set_index("record_id").loc[record_id, "source_path"])
+
+
+def test_every_table_and_record_is_written(demo):
+    root, counts, truth = demo
+    assert counts["records"] == {"mimic": 60, "ptbxl": 30, "cpsc2018": 30, "csn": 30}
+    for rel in ("mimic-iv-ecg/record_list.csv", "mimic-iv-ecg/machine_measurements.csv",
+                "ptb-xl/ptbxl_database.csv", "ptb-xl/scp_statements.csv",
+                "ecg-arrhythmia/ConditionNames_SNOMED-CT.csv", "demo_truth.parquet"):
+        assert (root / rel).is_file(), rel
+    records = pd.read_csv(root / "mimic-iv-ecg" / "record_list.csv")
+    for row in records.itertuples():
+        sid, study = str(row.subject_id), str(row.study_id)
+        assert len(sid) == 8 and len(study) == 8
+        assert row.path == f"files/p{sid[:4]}/p{sid}/s{study}/{study}"
+        for ext in (".hea", ".dat"):
+            assert (root / "mimic-iv-ecg" / f"{row.path}{ext}").is_file()
+    assert len(list((root / "ptb-xl" / "records500" / "00000").glob("*_hr.dat"))) == 30
+    assert len(list((root / "cpsc2018" / "training" / "cpsc_2018" / "g1").glob("A*.mat"))) == 30
+    assert len(list((root / "ecg-arrhythmia" / "WFDBRecords" / "01" / "010").glob("JS*.mat"))) == 30
+    measurements = pd.read_csv(root / "mimic-iv-ecg" / "machine_measurements.csv")
+    assert list(measurements.columns) == ["subject_id", "study_id", "cart_id", "ecg_time",
+                                          *datasets.REPORT_COLUMNS, "bandwidth", "filtering", "rr_interval",
+                                          "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis",
+                                          "qrs_axis", "t_axis"]
+
+
+def test_indexers_read_back_every_record(demo, manifests):
+    truth = demo[2]
+    for name in SETS:
+        expected = truth[truth["dataset"] == name]
+        assert sorted(manifests[name]["record_id"]) == sorted(expected["record_id"]), name
+        if name != "mimic":  # planned splits are the splits the indexers give
+            merged = manifests[name].merge(expected, on="record_id", suffixes=("", "_truth"))
+            assert (merged["split"] == merged["split_truth"]).all(), name
+    assert (manifests["mimic"]["report"].str.split().str.len() >= 2).all()
+
+
+def test_lead_names_and_order_per_set(demo, manifests):
+    root, _, truth = demo
+    clean = truth[truth["defect"].isna()].groupby("dataset")["record_id"].first()
+    mimic = _read(root, manifests["mimic"], clean["mimic"])
+    assert mimic.lead_names == list(MIMIC_LEAD_ORDER)  # aVF before aVL
+    assert _read(root, manifests["ptbxl"], clean["ptbxl"]).lead_names == [n.upper() for n in CANONICAL_LEADS]
+    assert _read(root, manifests["csn"], clean["csn"]).lead_names == list(CANONICAL_LEADS)
+    signal, _, _ = reorder_by_name(mimic.signal, mimic.lead_names)  # permuted by name, so Goldberger holds
+    assert np.abs(signal[5] - (signal[1] - signal[0] / 2)).max() < 0.003
+    assert np.abs(signal[4] - (signal[0] - signal[1] / 2)).max() < 0.003
+
+
+def test_pretraining_reports_never_name_unseen_concepts(demo, manifests):
+    root, counts, truth = demo
+    pattern = corpus.mention_pattern(tuple(sorted(corpus.UNSEEN_DEFAULT)))
+    raw = pd.read_csv(root / "mimic-iv-ecg" / "machine_measurements.csv")[list(datasets.REPORT_COLUMNS)]
+    statements = [s for s in raw.to_numpy().ravel() if isinstance(s, str)]
+    assert statements and not [s for s in statements if pattern.search(s)]
+    assert not manifests["mimic"]["report"].str.contains(pattern).any()
+    mimic = truth[truth["dataset"] == "mimic"]
+    rendered = {c for concepts in mimic["concepts"] for c in concepts}
+    assert set(corpus.UNSEEN_DEFAULT) <= rendered  # rendered in pre-training signals
+    assert {c for u in mimic["unnamed"] for c in u} == set(corpus.UNSEEN_DEFAULT)
+
+
+def test_downstream_labels_come_from_the_concepts(demo, manifests):
+    truth = demo[2].set_index("record_id")
+    for row in manifests["csn"].itertuples():
+        codes = {s for c in truth.loc[row.record_id, "concepts"] for s in catalogue.concepts()[c].snomed}
+        assert set(row.dx_codes) == codes
+    for row in manifests["cpsc2018"].itertuples():
+        normal = "normal_ecg" in truth.loc[row.record_id, "concepts"]
+        assert ("426783006" in list(row.dx_codes)) == normal
+    for row in manifests["ptbxl"].itertuples():
+        codes = {s for c in truth.loc[row.record_id, "concepts"] for s in catalogue.concepts()[c].scp}
+        assert set(ast.literal_eval(row.scp_codes)) == codes
+    flutter = [r for r, c in truth["concepts"].items() if r.startswith("csn/") and "atrial_flutter" in c]
+    labels = datasets.task_labels(manifests["csn"], "csn").set_index("record_id")
+    assert flutter and (labels.loc[flutter, "AF"] == 1).all() and (labels.loc[flutter, "AFIB"] == 0).all()
+
+
+def test_condition_plans_respect_the_rules():
+    rng = np.random.default_rng(0)
+    plans = corpus.plan_conditions(300, rng, corpus.MIN_POSITIVES["downstream"])
+    for plan in plans:
+        assert sum(c in corpus.RHYTHMS for c in plan.rendered) == 1 and plan.rendered[0] in corpus.RHYTHMS
+        assert len(plan.rendered) <= 1 + corpus.MAX_FINDINGS
+        groups = [g for c in plan.rendered for g in corpus.knob_groups(c)]
+        assert len(groups) == len(set(groups)), plan.rendered
+        assert ("normal_ecg" in plan.concepts) == (plan.rendered == ["sinus_rhythm"])
+    counts = pd.Series([c for p in plans for c in p.concepts]).value_counts()
+    assert counts.reindex(list(corpus.renderable()), fill_value=0).min() >= 12
+    big = corpus.plan_conditions(2000, rng, corpus.MIN_POSITIVES["mimic"])
+    counts = pd.Series([c for p in big for c in p.concepts]).value_counts()
+    assert counts.reindex(list(corpus.renderable()), fill_value=0).min() >= 30
+
+
+def test_stratify_puts_every_concept_in_the_test_split():
+    rng = np.random.default_rng(1)
+    names = [f"A{i + 1:04d}" for i in range(300)]
+    groups = corpus.cinc_split_groups("cpsc2018", names)
+    plans = corpus.stratify(corpus.plan_conditions(300, rng, corpus.MIN_POSITIVES["downstream"]), groups, rng)
+    in_test = pd.Series([c for p, g in zip(plans, groups) if g == "test" for c in p.concepts]).value_counts()
+    assert in_test.reindex(list(corpus.renderable()), fill_value=0).min() >= 1
+
+
+def test_cpsc_lengths_vary_and_mat_first_token_headers_exist(demo, manifests):
+    root = demo[0] / "cpsc2018"
+    headers = sorted(root.rglob("*.hea"))
+    lengths = {formats.read_header(h).n_samples for h in headers}
+    assert min(lengths) >= 6 * corpus.FS and max(lengths) <= 20 * corpus.FS and len(lengths) > 10
+    quirky = [h for h in headers if h.read_text().split()[0].endswith(".mat")]
+    assert quirky
+    assert all(not r.endswith(".mat") for r in manifests["cpsc2018"]["record_id"])
+
+
+def test_each_defect_kind_is_present_and_visible(demo, manifests):
+    root, _, truth = demo
+    defects = truth.dropna(subset=["defect"])
+    for name in SETS:
+        assert set(defects.loc[defects["dataset"] == name, "defect"]) == set(corpus.DEFECT_KINDS), name
+    for row in defects.itertuples():
+        manifest = manifests[row.dataset]
+        if row.defect == "truncated":
+            with pytest.raises(formats.RecordReadError):
+                _read(root, manifest, row.record_id)
+            continue
+        record = _read(root, manifest, row.record_id)
+        lead = [formats_name.upper() for formats_name in record.lead_names].index(row.defect_lead.upper())
+        values = record.signal[lead]
+        if row.defect == "flat":
+            assert np.ptp(values) == 0
+        else:
+            share = np.isnan(values).mean()
+            assert (share > 0.1) if row.defect == "nan_long" else (0 < share < 0.02)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(demo, tmp_path):
+    root = demo[0]
+    corpus.generate_demo(tmp_path / "again", seed=SEED, **SIZES)
+    corpus.generate_demo(tmp_path / "other", seed=SEED + 1, **SIZES)
+    rels = ["mimic-iv-ecg/machine_measurements.csv", "mimic-iv-ecg/record_list.csv", "ptb-xl/ptbxl_database.csv"]
+    rels += [str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in (".dat", ".mat", ".hea")]
+    for rel in rels:
+        assert filecmp.cmp(root / rel, tmp_path / "again" / rel, shallow=False), rel
+    assert not filecmp.cmp(root / rels[0], tmp_path / "other" / rels[0], shallow=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "demo_truth.parquet"),
+                                  pd.read_parquet(tmp_path / "again" / "demo_truth.parquet"))
+
+
+def test_support_tables_match_the_catalogue(demo):
+    root = demo[0]
+    names = pd.read_csv(root / "ecg-arrhythmia" / "ConditionNames_SNOMED-CT.csv", dtype=str)
+    assert list(names.columns) == ["Acronym Name", "Full Name", "Snomed_CT"]
+    assert len(names) == len(catalogue.task_classes("csn")) + 1
+    assert names.set_index("Acronym Name").loc["SB", "Snomed_CT"] == "426177001"
+    assert names.set_index("Acronym Name").loc["AF", "Snomed_CT"] == "164890007"
+    statements = datasets.load_scp_statements(root / "ptb-xl" / "scp_statements.csv")
+    facts = catalogue.scp_statement_facts()
+    assert set(statements.index) == set(facts)
+    assert statements.loc["1AVB", "diagnostic_subclass"] == "_AVB" and statements.loc["SR", "rhythm"] == 1
+
+
+def test_unknown_unseen_concept_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unseen_concepts"):
+        corpus.generate_demo(tmp_path, seed=1, n_pretrain=5, n_ptbxl=5, n_cpsc=5, n_csn=5,
+                             unseen_concepts=("no_such_concept",))
