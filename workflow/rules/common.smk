@@ -1,5 +1,7 @@
 """Names shared by the rule files."""
 
+import json
+
 from supreme_ecg import catalogue
 
 DATA_ROOT = config["data"]["root"]

@@ -28,23 +28,8 @@ rule pretrain:
     resources:
         gpu=1 if config["pretrain"]["device"].startswith("cuda") else 0,
     params:
-        text_encoder=config["pretrain"]["text_encoder"],
-        text_pooling=config["pretrain"]["text_pooling"],
-        epochs=config["pretrain"]["epochs"],
-        batch_size=config["pretrain"]["batch_size"],
-        lr=config["pretrain"]["lr"],
-        weight_decay=config["pretrain"]["weight_decay"],
-        width=config["pretrain"]["width"],
-        downsample=config["pretrain"]["downsample"],
-        val_share=config["pretrain"]["val_share"],
-        seed=config["pretrain"]["seed"],
-        device=config["pretrain"]["device"],
+        settings=lambda wildcards: json.dumps(config["pretrain"], sort_keys=True),
     shell:
         "python -m supreme_ecg.cli pretrain --shards {input.shards} --labels {input.labels}"
         " --vocabulary {input.vocabulary} --out-dir results/pretrain"
-        " --text-encoder {params.text_encoder} --text-pooling {params.text_pooling}"
-        " --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
-        " --weight-decay {params.weight_decay} --width {params.width}"
-        " --downsample {params.downsample} --val-share {params.val_share}"
-        " --seed {params.seed} --device {params.device} --threads {threads}"
-        " > {log} 2>&1"
+        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"

@@ -72,4 +72,4 @@ rule zeroshot_summary:
     conda:
         "../../envs/pretrain.yaml"
     shell:
-        "python -m supreme_ecg.cli summarise --per-class {input} --out {output.csv} --out-md {output.md} > {log} 2>&1"
+        "python -m supreme_ecg.cli summarise --per-class {input} --out {output.csv} > {log} 2>&1"
