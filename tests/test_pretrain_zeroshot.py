@@ -29,7 +29,7 @@ NAMES = ["atrial fibrillation", "first degree AV block", "ST elevation", "left b
 FREQS = [3.0, 7.0, 13.0, 23.0]
 N_LABELLED, N_UNLABELLED, LENGTH, FS = 200, 10, 1000, 500
 CFG = PretrainConfig(epochs=10, batch_size=16, lr=5e-3, warmup_steps=10, width=32, n_heads=2, dropout=0.0,
-                     val_fraction=0.2, seed=0, threads=2)
+                     val_fraction=0.2, seed=0, threads=2, query_synonyms=False)
 
 
 class CountingEncoder:
@@ -198,7 +198,7 @@ def test_zeroshot_on_toy(toy, trained, minilm, tmp_path):
                             toy["vocabulary"], out, splits=("test",), text_encoder=minilm)
     per_class = pd.read_parquet(out / "per_class.parquet")
     assert list(per_class.columns) == ["task", "class", "description", "n_pos", "n_neg", "auc",
-                                       "seen_in_pretraining", "concepts"]
+                                       "seen_in_pretraining", "class_kind", "concepts", "members"]
     assert per_class["class"].tolist() == [c.name for c in catalogue.task_classes("cpsc2018")]
     by = per_class.set_index("class")
     assert math.isnan(by.loc["STD", "auc"]) and by.loc["STD", "n_pos"] == 0
@@ -220,22 +220,44 @@ def test_zeroshot_on_toy(toy, trained, minilm, tmp_path):
 def test_summarise_average_row(tmp_path):
     """One row per task plus an ``average`` row: AUC means over tasks (NaN skipped), count sums."""
     paths = []
-    for task, aucs, seen in [("a", [0.8, 0.6, float("nan")], [True, False, False]),
-                             ("b", [0.9, 0.7], [True, True])]:
+    for task, aucs, kinds in [("a", [0.8, 0.6, float("nan"), 0.55], ["seen", "unseen", "unseen", "composite"]),
+                              ("b", [0.9, 0.7], ["seen", "seen"])]:
         frame = pd.DataFrame({"task": task, "class": [f"c{i}" for i in range(len(aucs))], "auc": aucs,
-                              "seen_in_pretraining": seen, "n_pos": 1, "n_neg": 1})
+                              "class_kind": kinds, "n_pos": 1, "n_neg": 1})
         paths.append(tmp_path / f"{task}.parquet")
         frame.to_parquet(paths[-1])
     table = summarise(paths, tmp_path / "summary.csv")
     csv = pd.read_csv(tmp_path / "summary.csv")
     assert list(csv.columns) == SUMMARY_COLUMNS and csv["task"].tolist() == ["a", "b", "average"]
     a, b, avg = csv.to_dict("records")
-    assert a["macro_auc"] == pytest.approx(0.7) and a["n_classes_evaluated"] == 2
+    assert a["macro_auc"] == pytest.approx((0.8 + 0.6 + 0.55) / 3) and a["n_classes_evaluated"] == 3
     assert a["macro_auc_seen"] == pytest.approx(0.8) and a["macro_auc_unseen"] == pytest.approx(0.6)
-    assert math.isnan(b["macro_auc_unseen"]) and b["n_unseen"] == 0
-    assert avg["macro_auc"] == pytest.approx((0.7 + 0.8) / 2)
+    assert a["macro_auc_composite"] == pytest.approx(0.55) and a["n_composite"] == 1
+    assert math.isnan(b["macro_auc_unseen"]) and b["n_unseen"] == 0 and math.isnan(b["macro_auc_composite"])
+    assert avg["macro_auc"] == pytest.approx(((0.8 + 0.6 + 0.55) / 3 + 0.8) / 2)
     assert avg["macro_auc_seen"] == pytest.approx((0.8 + 0.8) / 2)
     assert avg["macro_auc_unseen"] == pytest.approx(0.6)
-    assert avg["n_classes"] == 5 and avg["n_seen"] == 3
+    assert avg["n_classes"] == 6 and avg["n_seen"] == 3 and avg["n_unseen"] == 2
     assert table.iloc[-1]["task"] == "average"
     assert "| average |" in (tmp_path / "summary.md").read_text()
+
+
+def test_query_bank_samples_each_labels_own_phrasings(minilm):
+    """Synonyms are encoded once; each step draws one phrasing per label, canonical names at eval."""
+    from supreme_ecg.pretrain import QueryBank
+
+    counting = CountingEncoder(minilm)
+    cfg = PretrainConfig(query_synonyms=True, min_synonym_chars=4)
+    bank = QueryBank(counting, ["atrial fibrillation", "toy label"], ["atrial_fibrillation", "not_a_concept"],
+                     cfg, "cpu")
+    assert counting.calls == 1 and bank.count.tolist()[1] == 1 and bank.count.tolist()[0] > 3
+    assert torch.allclose(bank.canonical, minilm.encode(["atrial fibrillation", "toy label"]))
+    af_rows = bank.embeddings[: bank.count[0]]
+    torch.manual_seed(0)
+    drawn = torch.stack([bank.sample() for _ in range(50)])
+    assert all(any(torch.allclose(q, r) for r in af_rows) for q in drawn[:, 0])
+    assert len({tuple(q.round(decimals=4).tolist()) for q in drawn[:, 0]}) > 1
+    assert torch.allclose(drawn[:, 1], bank.canonical[1].expand(50, -1))
+    plain = QueryBank(counting, ["atrial fibrillation"], ["atrial_fibrillation"],
+                      PretrainConfig(query_synonyms=False), "cpu")
+    assert plain.count.tolist() == [1]

@@ -31,6 +31,7 @@ class BenchmarkClass:
     description: str
     concepts: tuple[str, ...]
     snomed: tuple[str, ...]
+    members: tuple[str, ...] = ()
 
 
 def _load_yaml(name: str) -> dict:
@@ -86,6 +87,7 @@ def task_classes(task: str) -> list[BenchmarkClass]:
             description=c["description"],
             concepts=tuple(c.get("concepts") or ()),
             snomed=tuple(str(s) for s in c.get("snomed") or ()),
+            members=tuple(c.get("members") or ()),
         )
         for name, c in spec["classes"].items()
     ]

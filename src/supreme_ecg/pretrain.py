@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from supreme_ecg import catalogue
 from supreme_ecg.model import (
     MINILM_NAME, TextEncoder, build_model, default_model_config, load_checkpoint, save_checkpoint,
 )
@@ -61,6 +62,8 @@ class PretrainConfig:
     device: str = "auto"
     threads: int = 2
     resume: bool = True
+    query_synonyms: bool = True
+    min_synonym_chars: int = 4
     max_in_memory_records: int = 50_000
     shuffle_buffer: int = 2048
 
@@ -311,9 +314,37 @@ def _to_tensors(x: np.ndarray, y: np.ndarray, device) -> tuple[torch.Tensor, tor
     return torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(y.astype(np.float32)).to(device)
 
 
-def train_epoch(model, opt, data: _Data, query, epoch: int, step0: int, total: int, cfg, device, pos_weight):
+class QueryBank:
+    """Text embeddings of every label's phrasings, encoded once; one phrasing per label per step.
+
+    Training on the canonical name *and* the curated synonyms (``concepts.yaml``) teaches the head
+    the region of text space around each label, so zero-shot class descriptions that word a
+    concept differently still land on it. Without synonyms it always returns the canonical names.
+    """
+
+    def __init__(self, text, names: list[str], concepts: list[str], cfg: PretrainConfig, device):
+        phrasings = [[name] for name in names]
+        if cfg.query_synonyms:
+            known = catalogue.concepts()
+            for texts, cid in zip(phrasings, concepts):
+                extra = known[cid].synonyms if cid in known else ()
+                texts += sorted({s for s in extra if len(s) >= cfg.min_synonym_chars} - {texts[0].lower()})
+        flat = [t for texts in phrasings for t in texts]
+        self.embeddings = text.encode(flat).to(device)  # once per run, never per step
+        self.first = torch.tensor(np.cumsum([0] + [len(t) for t in phrasings[:-1]]), device=device)
+        self.count = torch.tensor([len(t) for t in phrasings], device=device)
+        self.canonical = self.embeddings[self.first]
+
+    def sample(self) -> torch.Tensor:
+        """One random phrasing per label (torch's global RNG, seeded per epoch)."""
+        pick = (torch.rand(len(self.count), device=self.count.device) * self.count).long()
+        return self.embeddings[self.first + pick]
+
+
+def train_epoch(model, opt, data: _Data, queries: QueryBank, epoch: int, step0: int, total: int, cfg, device,
+                pos_weight):
     """One training epoch → (mean loss, last lr, steps done)."""
-    torch.manual_seed(cfg.seed * 1_000 + epoch)  # dropout: same on a resumed run
+    torch.manual_seed(cfg.seed * 1_000 + epoch)  # dropout and phrasings: same on a resumed run
     model.train()
     losses, lr, step = [], cfg.lr, step0
     for x, y in data.train_batches(epoch):
@@ -321,7 +352,7 @@ def train_epoch(model, opt, data: _Data, query, epoch: int, step0: int, total: i
         for group in opt.param_groups:
             group["lr"] = lr
         xt, yt = _to_tensors(x, y, device)
-        loss = masked_bce(model(xt, query), yt, pos_weight)
+        loss = masked_bce(model(xt, queries.sample()), yt, pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm:
@@ -436,7 +467,8 @@ def pretrain(shard_paths, labels_path, vocabulary_path, out_dir, cfg: PretrainCo
     if data.n_train == 0:
         raise ValueError("no labelled training records: check that shard and label record ids match")
     text = text_encoder or TextEncoder(cfg.text_encoder, cfg.text_pooling)
-    query = text.encode(names).to(device)  # once per run, never per step
+    queries = QueryBank(text, names, concepts, cfg, device)
+    query = queries.canonical
     model = build_model(default_model_config(text_dim=query.shape[1], width=cfg.width, downsample=cfg.downsample,
                                              n_heads=cfg.n_heads, dropout=cfg.dropout)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -452,7 +484,7 @@ def pretrain(shard_paths, labels_path, vocabulary_path, out_dir, cfg: PretrainCo
     total, step = steps * cfg.epochs, steps * start
     for epoch in range(start, cfg.epochs):
         t_epoch = time.perf_counter()
-        train_loss, lr, step = train_epoch(model, opt, data, query, epoch, step, total, cfg, device, pos_weight)
+        train_loss, lr, step = train_epoch(model, opt, data, queries, epoch, step, total, cfg, device, pos_weight)
         val_loss, val_auc = evaluate(model, data, query, device, pos_weight)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_macro_auc": val_auc,
                "lr": lr, "seconds": time.perf_counter() - t_epoch}

@@ -22,11 +22,14 @@ from supreme_ecg.model import TextEncoder, load_checkpoint, model_from_checkpoin
 from supreme_ecg.pretrain import batch_signals, iter_row_groups, read_row_group, resolve_device
 
 SUMMARY_COLUMNS = ["task", "n_classes", "n_classes_evaluated", "macro_auc", "macro_auc_seen",
-                   "macro_auc_unseen", "n_seen", "n_unseen"]
+                   "macro_auc_unseen", "macro_auc_composite", "n_seen", "n_unseen", "n_composite"]
+#: seen = the class's own concept was a pre-training label; unseen = it was not (unseen by name);
+#: composite = a grouping class (e.g. a PTB-XL superclass) whose name was never a label itself
+CLASS_KINDS = ("seen", "unseen", "composite")
 PER_CLASS_SCHEMA = pa.schema([
     ("task", pa.string()), ("class", pa.string()), ("description", pa.string()), ("n_pos", pa.int64()),
     ("n_neg", pa.int64()), ("auc", pa.float64()), ("seen_in_pretraining", pa.bool_()),
-    ("concepts", pa.list_(pa.string())),
+    ("class_kind", pa.string()), ("concepts", pa.list_(pa.string())), ("members", pa.list_(pa.string())),
 ])
 
 
@@ -87,18 +90,26 @@ def class_auc(truth: np.ndarray, score: np.ndarray) -> tuple[int, int, float]:
 
 def task_summary(per_class: pd.DataFrame, task: str | None = None) -> dict:
     """One summary row (``SUMMARY_COLUMNS``) from a per-class table."""
-    auc, seen = per_class["auc"].astype(float), per_class["seen_in_pretraining"].astype(bool)
+    auc, kind = per_class["auc"].astype(float), per_class["class_kind"]
 
     def mean(values: pd.Series) -> float:
         values = values.dropna()
         return float(values.mean()) if len(values) else float("nan")
 
-    return {
+    row = {
         "task": task or str(per_class["task"].iloc[0]), "n_classes": int(len(per_class)),
         "n_classes_evaluated": int(auc.notna().sum()), "macro_auc": mean(auc),
-        "macro_auc_seen": mean(auc[seen]), "macro_auc_unseen": mean(auc[~seen]),
-        "n_seen": int(seen.sum()), "n_unseen": int((~seen).sum()),
     }
+    row.update({f"macro_auc_{k}": mean(auc[kind == k]) for k in CLASS_KINDS})
+    row.update({f"n_{k}": int((kind == k).sum()) for k in CLASS_KINDS})
+    return row
+
+
+def class_kind(benchmark_class: catalogue.BenchmarkClass, pretraining_ids: set[str]) -> str:
+    """seen / unseen / composite (see :data:`CLASS_KINDS`)."""
+    if any(k in pretraining_ids for k in benchmark_class.concepts):
+        return "seen"
+    return "composite" if benchmark_class.members else "unseen"
 
 
 def plot_roc(task: str, labels: pd.DataFrame, scores: pd.DataFrame, per_class: pd.DataFrame, path) -> None:
@@ -161,9 +172,10 @@ def evaluate_task(task, checkpoint_path, shard_paths, task_labels_path, vocabula
     rows = []
     for c in classes:
         n_pos, n_neg, auc = class_auc(labels[c.name].fillna(-1).to_numpy(np.int64), scores[c.name].to_numpy())
+        kind = class_kind(c, seen_ids)
         rows.append({"task": task, "class": c.name, "description": c.description, "n_pos": n_pos, "n_neg": n_neg,
-                     "auc": auc, "seen_in_pretraining": any(k in seen_ids for k in c.concepts),
-                     "concepts": list(c.concepts)})
+                     "auc": auc, "seen_in_pretraining": kind == "seen", "class_kind": kind,
+                     "concepts": list(c.concepts), "members": list(c.members)})
     per_class = pd.DataFrame(rows, columns=PER_CLASS_SCHEMA.names)
     pq.write_table(pa.Table.from_pandas(per_class, schema=PER_CLASS_SCHEMA, preserve_index=False),
                    out_dir / "per_class.parquet")
@@ -184,11 +196,13 @@ def _format(value, percent: bool = False) -> str:
 
 def write_summary_md(summary: pd.DataFrame, path) -> None:
     """``summary.md``: the summary table (AUC in %) with a one-paragraph explanation."""
-    auc_cols = {"macro_auc", "macro_auc_seen", "macro_auc_unseen"}
+    auc_cols = {c for c in SUMMARY_COLUMNS if c.startswith("macro_auc")}
     lines = [
         "# Zero-shot results", "",
         "Macro ROC AUC (%) over the classes with a defined AUC (positives and negatives present); "
-        "*seen* = a class concept is a pre-training label. The `average` row is the mean over tasks "
+        "*seen* = the class's concept is a pre-training label; *unseen* = it is not (the class name "
+        "never occurs in a pre-training report); *composite* = a grouping class (e.g. a PTB-XL "
+        "superclass) whose own name was never a label. The `average` row is the mean over tasks "
         "of each AUC (tasks with NaN left out) and the sum of the class counts.", "",
         "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS),
     ]

@@ -1,0 +1,58 @@
+"""The curated vocabulary and benchmark definition agree with the real reference files."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from supreme_ecg import catalogue
+from supreme_ecg.settings import fixtures_dir, shared_reference_dir
+
+
+def test_every_class_refers_to_known_concepts():
+    concepts = catalogue.concepts()
+    classes = [c for t in catalogue.task_names() for c in catalogue.task_classes(t)]
+    assert len(classes) == 106
+    for c in classes:
+        assert set(c.concepts) | set(c.members) <= set(concepts), c
+        assert not (c.concepts and c.members), f"{c.task}/{c.name} is either equivalent or composite"
+        if catalogue.task_dataset(c.task) in ("cpsc2018", "csn"):
+            assert c.snomed, f"{c.task}/{c.name} needs SNOMED codes for exact matching"
+
+
+def test_class_lists_match_the_released_benchmark():
+    path = shared_reference_dir() / "benchmark_classes.json"
+    if not path.is_file():
+        pytest.skip(f"{path} absent (set SUPREME_FIXTURES to the shared fixtures)")
+    released = json.loads(path.read_text())
+    assert {t: [c.name for c in catalogue.task_classes(t)] for t in catalogue.task_names()} == released
+
+
+def test_scp_statement_facts_match_ptbxl():
+    path = fixtures_dir() / "ptbxl" / "scp_statements.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} absent (set SUPREME_FIXTURES to the shared fixtures)")
+    real = pd.read_csv(path, index_col=0)
+    for code, facts in catalogue.scp_statement_facts().items():
+        row = real.loc[code]
+        for flag in ("diagnostic", "form", "rhythm"):
+            assert (row[flag] == 1) == (facts.get(flag) == 1), (code, flag)
+        if facts.get("diagnostic"):
+            assert (row.diagnostic_class, row.diagnostic_subclass) == (
+                facts["diagnostic_class"], facts["diagnostic_subclass"]), code
+    used = {code for c in catalogue.concepts().values() for code in c.scp}
+    assert used <= set(real.index) and used <= set(catalogue.scp_statement_facts())
+
+
+def test_snomed_codes_exist_in_the_challenge_tables():
+    ref = shared_reference_dir() / "snomed"
+    tables = sorted(ref.glob("*.csv")) if ref.is_dir() else []
+    if not tables:
+        pytest.skip(f"no SNOMED tables under {ref}")
+    known = set(pd.concat([pd.read_csv(t, dtype=str) for t in tables])["snomed_code"])
+    used = {code for c in catalogue.concepts().values() for code in c.snomed}
+    used |= {code for t in catalogue.task_names() for c in catalogue.task_classes(t) for code in c.snomed}
+    missing = used - known
+    assert not missing, f"codes not in the Challenge tables: {sorted(missing)}"
