@@ -244,6 +244,20 @@ def test_cache_cli(tmp_path, capsys):
     assert len(pd.read_parquet(tmp_path / "e.parquet")) == 1
 
 
+def test_cache_keeps_lifetime_hits_and_misses_and_rows_per_backend(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    with AnswerCache(path) as cache:
+        cache.get_many(["a", "b"])
+        cache.put("a", LEX.extract(["sinus rhythm"])[0], backend="lexicon", model=LEX.model, prompt_version="none")
+    with AnswerCache(path) as cache:
+        cache.get_many(["a", "b", "a"])
+        stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["total_hits"], stats["total_misses"]) == (1, 1, 1, 3)
+    assert stats["by_backend"][0] | {"mean_latency_s": 0} == {
+        "backend": "lexicon", "model": LEX.model, "prompt_version": "none", "rows": 1, "mean_latency_s": 0
+    }
+
+
 def _write_keys(path: str, keys: list[str]) -> None:
     answer = x.Answer('{"entities": []}', [], 0.0)
     with AnswerCache(path, timeout_s=30) as cache:

@@ -9,8 +9,12 @@ labels and an audit table of unmapped entities.
 Every backend answers in the JSON of :data:`ANSWER_SCHEMA`; :func:`validate_answer` checks it
 against the schema and the concept vocabulary (unknown concept ids become ``"unmapped"``, kept
 for audit, never invented). :class:`LexiconBackend` is the deterministic offline backend:
-synonym matching plus hedge/negation cues. LLM backends (a later issue) implement the same
-protocol and render their prompt with :func:`render_prompt`.
+synonym matching plus hedge/negation cues. The LLM backends (``ollama``, ``openai``:
+:mod:`supreme_ecg.llm_backends`) implement the same protocol, render their prompt with
+:func:`render_prompt`, and also yield answers as they complete (``extract_as_completed``) so that
+each one is committed to the cache at once: a killed run loses only the requests in flight.
+Units a backend could not answer are written to ``quarantine.parquet`` with the reason; they are
+never cached and are asked again on the next run.
 """
 
 from __future__ import annotations
@@ -96,7 +100,13 @@ class Answer:
 
 @runtime_checkable
 class ExtractionBackend(Protocol):
-    """Anything that turns units (normalised statements or reports) into one :class:`Answer` each."""
+    """Anything that turns units (normalised statements or reports) into one :class:`Answer` each.
+
+    Optional extras the stage uses when present: ``extract_as_completed(units)`` yielding
+    ``(index, answer)`` as each answer is finished (committed to the cache at once), ``check()``
+    raising when the backend cannot work (called by :func:`make_backend`), and a ``stats`` Counter
+    of requests, retries, repairs and quarantined units (reported as ``llm_*`` counts).
+    """
 
     name: str
     model: str
@@ -212,6 +222,7 @@ def answer_from_cached(cached: CachedAnswer) -> Answer:
     return Answer(cached.raw, [Entity(**e) for e in cached.entities], cached.latency_s or 0.0)
 
 
+@lru_cache(maxsize=8)
 def load_prompt(version: str = PROMPT_VERSION) -> str:
     """The prompt template ``resources/prompts/{version}.txt``."""
     return resources.files("supreme_ecg.resources").joinpath(f"prompts/{version}.txt").read_text("utf-8")
@@ -509,15 +520,25 @@ class _Resolver:
         return {u: self.memo.get(u) for u in units}
 
     def _ask(self, units: list[str], keys: dict[str, str]) -> None:
-        """Send units to the backend once; store good answers, remember failures."""
-        answers = self.backend.extract(units)
-        if len(answers) != len(units):
-            raise RuntimeError(f"backend {self.backend.name} returned {len(answers)} answers for {len(units)} units")
-        self.counts.update(n_backend_calls=1, n_backend_units=len(units))
-        for u, a in zip(units, answers):
-            if a.error is not None:
-                self.failed[u] = a.error
-                continue
+        """Send units to the backend once; commit each good answer as it arrives, remember failures."""
+        self.counts.update(n_backend_calls=1)
+        as_completed = getattr(self.backend, "extract_as_completed", None)
+        if as_completed is not None:
+            for i, a in as_completed(units):
+                self._store(units[i], a, keys)
+        else:
+            answers = self.backend.extract(units)
+            if len(answers) != len(units):
+                raise RuntimeError(f"backend {self.backend.name} returned {len(answers)} answers for {len(units)} units")
+            for u, a in zip(units, answers):
+                self._store(u, a, keys)
+
+    def _store(self, u: str, a: Answer, keys: dict[str, str]) -> None:
+        """Commit a good answer to the cache at once; a failed one is remembered for quarantine."""
+        self.counts["n_backend_units"] += 1
+        if a.error is not None:
+            self.failed[u] = a.error
+        else:
             b = self.backend
             self.cache.put(keys[u], a, unit=u, backend=b.name, model=b.model, prompt_version=b.prompt_version)
             self.memo[u] = a
@@ -557,6 +578,13 @@ VOCABULARY_SCHEMA = pa.schema(
     ]
 )
 UNMAPPED_SCHEMA = pa.schema([("text", pa.string()), ("n_mentions", pa.int64()), ("example_unit", pa.string())])
+QUARANTINE_COLUMNS = ("unit", "reason", "backend", "model", "prompt_version", "n_records", "first_record_id")
+
+
+def _quarantine_schema(id_type: pa.DataType) -> pa.Schema:
+    """quarantine.parquet: one row per unit the backend could not answer in this run."""
+    return pa.schema([(c, pa.string()) for c in QUARANTINE_COLUMNS[:5]] + [("n_records", pa.int64()),
+                                                                            ("first_record_id", id_type)])  # fmt: skip
 
 
 def _manifest_batches(manifest_path, batch_size: int) -> tuple[pa.DataType, Iterator[pa.RecordBatch]]:
@@ -596,6 +624,9 @@ class _FirstPass:
         self.n_uncertain: Counter = Counter()
         self.unmapped: Counter = Counter()
         self.unmapped_example: dict[str, str] = {}
+        self.failed_records: Counter = Counter()  # failed unit -> records containing it
+        self.failed_example: dict[str, object] = {}  # failed unit -> first record containing it
+        self.id_type = id_type
 
     def close(self) -> None:
         """Close the three writers."""
@@ -613,6 +644,9 @@ class _FirstPass:
     def _add_record(self, rid, seg: Segmented, answers: dict, rows: tuple[list, list, list]) -> None:
         """Rows and counts of one record."""
         got = [answers[u] for u in seg.units]
+        for u in dict.fromkeys(u for u, a in zip(seg.units, got) if a is None):
+            self.failed_records[u] += 1
+            self.failed_example.setdefault(u, rid)
         pairs = [(u, e) for u, a in zip(seg.units, got) if a is not None for e in a.entities]
         rows[0].extend(self._entity_row(rid, u, e) for u, e in pairs)
         unmapped = [(u, e.text) for u, e in pairs if e.concept == UNMAPPED]
@@ -682,13 +716,63 @@ def _write_unmapped(first: _FirstPass, path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows, UNMAPPED_SCHEMA), path)
 
 
-BACKENDS = {"lexicon": LexiconBackend}
+def _write_quarantine(first: _FirstPass, failed: dict[str, str], backend: ExtractionBackend, path: Path) -> None:
+    """Units without an answer (reason, backend, how many records they leave incomplete); schema even if empty."""
+    rows = [
+        {"unit": u, "reason": reason, "backend": backend.name, "model": backend.model,
+         "prompt_version": backend.prompt_version, "n_records": first.failed_records[u],
+         "first_record_id": first.failed_example.get(u)}  # fmt: skip
+        for u, reason in sorted(failed.items(), key=lambda kv: (-first.failed_records[kv[0]], kv[0]))
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, _quarantine_schema(first.id_type)), path)
 
 
-def make_backend(name: str) -> ExtractionBackend:
-    """The extraction backend configured by name (``lexicon``; LLM backends plug in here)."""
+# name -> backend class, or "module:attribute" imported on first use (the LLM backends import this module)
+BACKENDS: dict[str, object] = {
+    "lexicon": LexiconBackend,
+    "ollama": "supreme_ecg.llm_backends:OllamaBackend",
+    "openai": "supreme_ecg.llm_backends:OpenAICompatibleBackend",
+}
+
+
+def backend_class(name: str) -> type:
+    """The class registered under ``name`` in :data:`BACKENDS`."""
     _check_choice("backend", name, tuple(BACKENDS))
-    return BACKENDS[name]()
+    entry = BACKENDS[name]
+    if isinstance(entry, str):
+        import importlib
+
+        module, attribute = entry.split(":")
+        entry = BACKENDS[name] = getattr(importlib.import_module(module), attribute)
+    return entry  # type: ignore[return-value]
+
+
+def make_backend(name: str, *, fallback: str | None = None, check: bool = True, **options) -> ExtractionBackend:
+    """The extraction backend configured by name: ``lexicon`` (offline), ``ollama`` or ``openai``.
+
+    ``options`` go to the LLM backend's constructor (``model``, ``host``, ``concurrency``, ``seed``,
+    ``timeout_s``, ``max_retries``, ``max_repairs``, ``keep_alive``, ``api_key_env``, …; see
+    :mod:`supreme_ecg.llm_backends`); options that are None are dropped and ``lexicon`` takes none.
+    With ``check`` an LLM backend checks at once that its server is up and serves the model, and
+    raises :class:`~supreme_ecg.llm_backends.BackendUnavailable` (saying how to start it) if not —
+    unless ``fallback`` names a backend, which then answers instead (rows name it).
+    """
+    cls = backend_class(name)
+    if fallback is not None:
+        backend_class(fallback)
+    options = {k: v for k, v in options.items() if v is not None}
+    if cls is LexiconBackend:
+        return LexiconBackend()
+    primary = cls(**options)
+    if fallback is not None and fallback != name:
+        from supreme_ecg.llm_backends import FallbackBackend
+
+        backend = FallbackBackend(primary, make_backend(fallback, check=False, **options))
+    else:
+        backend = primary
+    if check:
+        backend.check()
+    return backend
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -707,13 +791,20 @@ def extract_reports(
     min_label_count: int = 10,
     batch_size: int = 1000,
 ) -> dict:
-    """Run the stage on a manifest Parquet; write the five tables to ``out_dir``; return counts."""
+    """Run the stage on a manifest Parquet; write the six tables to ``out_dir``; return counts.
+
+    Tables: entities, records, label_vocabulary, labels, unmapped, quarantine. Every answer is
+    committed to the cache at ``cache_path`` as soon as it exists; failed units are not cached.
+    The counts include the backend's request statistics (``llm_requests``, ``llm_retries``,
+    ``llm_repairs``, ``llm_quarantined``, …) when it keeps them.
+    """
     _check_choice("unit", unit, UNITS)
     _check_choice("uncertain_policy", uncertain_policy, UNCERTAIN_POLICIES)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter(n_backend_calls=0, n_backend_units=0, n_cache_hits=0, n_failed_units=0)
     id_type, batches = _manifest_batches(manifest_path, batch_size)
+    stats_before = Counter(getattr(backend, "stats", None) or {})
     with AnswerCache(cache_path) as cache:
         resolver = _Resolver(backend, cache, counts)
         first = _FirstPass(out, id_type, backend, counts)
@@ -724,6 +815,10 @@ def extract_reports(
                 first.add(batch.column("record_id").to_pylist(), segments, answers)
         finally:
             first.close()
+    stats = Counter(getattr(backend, "stats", None) or {})
+    stats.subtract(stats_before)
+    counts.update({f"llm_{k}": v for k, v in stats.items() if v})
+    _write_quarantine(first, resolver.failed, backend, out / "quarantine.parquet")
     vocabulary = label_vocabulary(first.n_present, first.n_uncertain, uncertain_policy, min_label_count)
     pq.write_table(vocabulary, out / "label_vocabulary.parquet")
     _write_labels(out / CONCEPT_SETS, out / "labels.parquet", vocabulary, uncertain_policy)

@@ -6,7 +6,10 @@ wins. The cache knows nothing about extraction: a key is :func:`cache_key` of wh
 an answer (backend, model, prompt version, schema version, vocabulary version, unit text), and
 ``put`` accepts any object with ``raw``, ``entities`` (dataclasses or dicts) and ``latency_s``.
 
-CLI: ``python -m supreme_ecg.llm_cache [--cache PATH] stats`` prints the statistics as JSON;
+Lookups also add to lifetime ``hits``/``misses`` counters stored in the file (table ``counters``).
+
+CLI: ``python -m supreme_ecg.llm_cache [--cache PATH] stats`` prints the statistics as JSON (lifetime
+hits and misses, rows per backend/model/prompt version, size on disk);
 ``python -m supreme_ecg.llm_cache [--cache PATH] export OUT.parquet`` dumps every row.
 ``--cache`` defaults to ``$SUPREME_LLM_CACHE``.
 """
@@ -44,6 +47,8 @@ CREATE TABLE IF NOT EXISTS answers (
     created_at REAL NOT NULL
 ) WITHOUT ROWID
 """
+_CREATE_COUNTERS = "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID"
+_COUNT = "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
 _COLUMNS = ("key", *META_COLUMNS, "raw", "entities", "latency_s", "created_at")
 EXPORT_SCHEMA = pa.schema(
     [(c, pa.string()) for c in _COLUMNS[:-2]] + [("latency_s", pa.float64()), ("created_at", pa.float64())]
@@ -86,6 +91,7 @@ class AnswerCache:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute(_CREATE)
+        self._db.execute(_CREATE_COUNTERS)
         self.hits = 0
         self.misses = 0
 
@@ -110,6 +116,8 @@ class AnswerCache:
                 found[row[0]] = _row_answer(row)
         self.hits += len(found)
         self.misses += len(wanted) - len(found)
+        if wanted:  # lifetime totals, committed with each lookup (a killed run keeps its counts)
+            self._db.executemany(_COUNT, [("hits", len(found)), ("misses", len(wanted) - len(found))])
         return found
 
     def put(self, key: str, answer: Any, **meta: str) -> bool:
@@ -132,9 +140,19 @@ class AnswerCache:
         return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
     def stats(self) -> dict:
-        """Session hits/misses, number of rows, bytes on disk (database + WAL), path."""
+        """Session and lifetime hits/misses, rows (also per backend/model/prompt), bytes on disk, path."""
         size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
-        return {"path": str(self.path), "hits": self.hits, "misses": self.misses, "rows": len(self), "file_bytes": size}
+        totals = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        groups = self._db.execute(
+            "SELECT backend, model, prompt_version, COUNT(*), AVG(latency_s) FROM answers "
+            "GROUP BY backend, model, prompt_version ORDER BY COUNT(*) DESC"
+        ).fetchall()
+        by_backend = [
+            {"backend": b, "model": m, "prompt_version": p, "rows": n, "mean_latency_s": lat} for b, m, p, n, lat in groups
+        ]
+        return {"path": str(self.path), "hits": self.hits, "misses": self.misses, "rows": len(self), "file_bytes": size,
+                "total_hits": totals.get("hits", 0), "total_misses": totals.get("misses", 0),
+                "by_backend": by_backend}  # fmt: skip
 
     def export_parquet(self, path: str | os.PathLike) -> int:
         """Write every row to a Parquet file (entities as a JSON string); returns the row count."""
