@@ -30,6 +30,23 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     )
 
 
+def cmd_fetch(args: argparse.Namespace) -> dict:
+    """Download one dataset from PhysioNet (or verify a local copy) and write the report."""
+    from supreme_ecg import download
+
+    if args.dataset == "merl_splits":
+        report = download.fetch_merl_splits(args.dest, commit=args.commit, jobs=args.jobs)
+    else:
+        slug, _, version = args.project.partition("/")
+        source = download.get_source(args.dataset, base_url=args.base_url, slug=slug, version=version)
+        verify = args.source == "local"
+        report = (download.verify_local(source, args.dest) if verify
+                  else download.fetch_dataset(source, args.dest, jobs=args.jobs))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report.to_json(), encoding="utf-8")
+    return {"files": report.files, "verified": report.verified, "fetched": report.fetched}
+
+
 def cmd_index(args: argparse.Namespace) -> dict:
     """Index one dataset folder into a manifest Parquet (one row per record)."""
     from supreme_ecg import datasets
@@ -62,8 +79,13 @@ def cmd_preprocess_summary(args: argparse.Namespace) -> dict:
 def cmd_extract(args: argparse.Namespace) -> dict:
     """Extract entities from the pre-training reports and standardise them into labels."""
     from supreme_ecg import extract
+    from supreme_ecg.llm_backends import BackendUnavailable, backend_options
 
-    backend = extract.make_backend(args.backend)
+    options = {**backend_options(args, args.backend), **json.loads(args.backend_options)}
+    try:
+        backend = extract.make_backend(args.backend, **options)
+    except BackendUnavailable as exc:
+        raise SystemExit(f"extract: {exc}") from None
     return extract.extract_reports(
         args.manifest, args.out_dir, backend, Path(args.cache_dir) / "answers.sqlite", unit=args.unit,
         uncertain_policy=args.uncertain_policy, min_label_count=args.min_label_count,
@@ -74,7 +96,11 @@ def cmd_labels(args: argparse.Namespace) -> dict:
     """Write the downstream labels of one zero-shot task."""
     from supreme_ecg import datasets
 
-    labels, n_dropped = datasets.task_labels_for(args.task, args.manifest, args.root)
+    if args.merl_splits_dir:
+        labels, n_dropped = datasets.task_labels_for(args.task, args.manifest, args.root,
+                                                     merl_splits_dir=args.merl_splits_dir)
+    else:
+        labels, n_dropped = datasets.task_labels_for(args.task, args.manifest, args.root)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     labels.to_parquet(args.out, index=False)
     return {"task": args.task, "n_records": len(labels), "n_dropped_without_label": n_dropped}
@@ -111,6 +137,8 @@ def cmd_summarise(args: argparse.Namespace) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every stage."""
+    from supreme_ecg.llm_backends import add_backend_arguments
+
     parser = argparse.ArgumentParser(prog="supreme-ecg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -124,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defect-share", type=float, default=0.02)
     p.add_argument("--unseen-concepts", default="")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fetch", help=cmd_fetch.__doc__)
+    p.add_argument("--dataset", required=True, choices=["mimic", "ptbxl", "cpsc2018", "csn", "merl_splits"])
+    p.add_argument("--dest", required=True)
+    p.add_argument("--source", default="physionet", choices=["physionet", "local"])
+    p.add_argument("--project", default="", help="PhysioNet slug/version, e.g. ptb-xl/1.0.3")
+    p.add_argument("--base-url", default=None)
+    p.add_argument("--commit", default="38799b7", help="MERL repository commit of the split CSVs")
+    p.add_argument("--jobs", type=int, default=4)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("index", help=cmd_index.__doc__)
     p.add_argument("--dataset", required=True, choices=["mimic", "ptbxl", "cpsc2018", "csn"])
@@ -156,17 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help=cmd_extract.__doc__)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--backend", default="lexicon")
+    p.add_argument("--backend", default="lexicon", choices=["lexicon", "ollama", "openai"])
     p.add_argument("--unit", default="statement", choices=["statement", "report"])
     p.add_argument("--uncertain-policy", default="positive", choices=["positive", "negative", "ignore"])
     p.add_argument("--min-label-count", type=int, default=10)
     p.add_argument("--cache-dir", required=True)
+    p.add_argument("--backend-options", default="{}", help="JSON object of backend options (below)")
+    add_backend_arguments(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("labels", help=cmd_labels.__doc__)
     p.add_argument("--task", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--root", required=True)
+    p.add_argument("--merl-splits-dir", default=None, help="use the released MERL CSVs (merl_compat)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_labels)
 

@@ -3,8 +3,10 @@
 import json
 
 from supreme_ecg import catalogue
+from supreme_ecg.datasets import DATASET_FOLDERS
 
 DATA_ROOT = config["data"]["root"]
+MERL_SPLITS_DIR = os.path.join(DATA_ROOT, "merl_splits")
 #: pre-training corpus first, then the downstream sets of the zero-shot benchmark
 DATASETS = ["mimic", "ptbxl", "cpsc2018", "csn"]
 TASKS = catalogue.task_names()
@@ -21,3 +23,15 @@ def dataset_shards(wildcards=None, dataset=None, kind="shard"):
         shard=range(n_shards),
         n=n_shards,
     )
+
+
+def dataset_folder(dataset):
+    """Folder of one dataset under the data root (PhysioNet layout)."""
+    return os.path.join(DATA_ROOT, DATASET_FOLDERS[dataset])
+
+
+def dataset_ready(wildcards):
+    """What must exist before a dataset can be indexed (depends on data.source)."""
+    if config["data"]["source"] == "demo":
+        return f"{DATA_ROOT}/demo_truth.parquet"
+    return f"results/data/{wildcards.dataset}.json"

@@ -1,4 +1,4 @@
-"""Datasets in: the embedded demo (issue: real PhysioNet downloads come next) and their indexes."""
+"""Datasets in: the embedded demo, or PhysioNet downloads / local copies verified by checksum."""
 
 
 rule demo_data:
@@ -27,9 +27,49 @@ rule demo_data:
         " > {log} 2>&1"
 
 
+rule fetch_dataset:
+    output:
+        "results/data/{dataset}.json",
+    log:
+        "logs/fetch_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/out/fetch_dataset/{dataset}.tsv"
+    wildcard_constraints:
+        dataset="mimic|ptbxl|cpsc2018|csn",
+    conda:
+        "../../envs/extract.yaml"
+    threads: 8
+    params:
+        dest=lambda wildcards: dataset_folder(wildcards.dataset),
+        source=config["data"]["source"],
+        project=lambda wildcards: config["data"]["physionet"][wildcards.dataset],
+        base_url=config["data"]["physionet_base"],
+    shell:
+        "python -m supreme_ecg.cli fetch --dataset {wildcards.dataset} --dest {params.dest}"
+        " --source {params.source} --project {params.project} --base-url {params.base_url}"
+        " --jobs {threads} --out {output} > {log} 2>&1"
+
+
+rule fetch_merl_splits:
+    output:
+        "results/data/merl_splits.json",
+    log:
+        "logs/fetch_dataset/merl_splits.log",
+    benchmark:
+        "benchmarks/out/fetch_dataset/merl_splits.tsv"
+    conda:
+        "../../envs/extract.yaml"
+    params:
+        dest=MERL_SPLITS_DIR,
+        commit=config["labels"]["merl_commit"],
+    shell:
+        "python -m supreme_ecg.cli fetch --dataset merl_splits --dest {params.dest}"
+        " --commit {params.commit} --out {output} > {log} 2>&1"
+
+
 rule index_dataset:
     input:
-        rules.demo_data.output.truth,
+        dataset_ready,
     output:
         "results/manifests/{dataset}.parquet",
     log:
@@ -39,6 +79,6 @@ rule index_dataset:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        root=lambda wildcards, input: os.path.dirname(input[0]),
+        root=DATA_ROOT,
     shell:
         "python -m supreme_ecg.cli index --dataset {wildcards.dataset} --root {params.root} --out {output} > {log} 2>&1"

@@ -4,6 +4,11 @@
 rule task_labels:
     input:
         manifest=lambda wc: f"results/manifests/{catalogue.task_dataset(wc.task)}.parquet",
+        merl=(
+            ["results/data/merl_splits.json"]
+            if config["labels"]["merl_compat"]
+            else []
+        ),
     output:
         "results/labels/{task}.parquet",
     log:
@@ -14,9 +19,14 @@ rule task_labels:
         "../../envs/preprocess.yaml"
     params:
         root=DATA_ROOT,
+        merl=(
+            f"--merl-splits-dir {MERL_SPLITS_DIR}"
+            if config["labels"]["merl_compat"]
+            else ""
+        ),
     shell:
         "python -m supreme_ecg.cli labels --task {wildcards.task} --manifest {input.manifest}"
-        " --root {params.root} --out {output} > {log} 2>&1"
+        " --root {params.root} {params.merl} --out {output} > {log} 2>&1"
 
 
 rule zeroshot_task:
