@@ -15,12 +15,12 @@ from supreme_ecg.settings import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "demo={'n_pretrain': 160, 'n_ptbxl': 60, 'n_cpsc': 40, 'n_csn': 60, 'seed': 7}",
-    "pretrain={'epochs': 2, 'width': 16, 'batch_size': 32}",
-    "extract={'min_label_count': 3}",
-    "preprocess={'shards': {'mimic': 2, 'ptbxl': 1, 'cpsc2018': 1, 'csn': 1}}",
-]
+TINY = """
+demo: {n_pretrain: 160, n_ptbxl: 60, n_cpsc: 40, n_csn: 60, seed: 7}
+pretrain: {epochs: 2, width: 16, batch_size: 32}
+extract: {min_label_count: 3}
+preprocess: {shards: {mimic: 2, ptbxl: 1, cpsc2018: 1, csn: 1}}
+"""
 
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -29,7 +29,8 @@ def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1"}
     cmd = [
         os.path.join(bin_dir, "snakemake"), "--snakefile", str(REPO_ROOT / "Snakefile"),
-        "--directory", str(workdir), "--cores", "2", "--config", *TINY, *args,
+        "--directory", str(workdir), "--cores", "2", *args,
+        "--configfile", str(workdir / "config.yaml"), str(workdir / "tiny.yaml"),
     ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
@@ -41,6 +42,7 @@ def workflow_run(tmp_path_factory):
         pytest.skip("snakemake is not installed beside this Python (make install)")
     workdir = tmp_path_factory.mktemp("workflow")
     shutil.copy(REPO_ROOT / "config.yaml", workdir / "config.yaml")
+    (workdir / "tiny.yaml").write_text(TINY)
     proc = _snakemake(workdir, "all")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return workdir
