@@ -116,14 +116,11 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
 
 def cmd_zeroshot(args: argparse.Namespace) -> dict:
     """Zero-shot evaluation of one task."""
-    import torch
-
     from supreme_ecg.zeroshot import evaluate_task
 
-    torch.set_num_threads(args.threads)
     return evaluate_task(
         args.task, args.checkpoint, args.shards, args.task_labels, args.vocabulary, args.out_dir,
-        splits=tuple(_comma_list(args.splits)),
+        splits=tuple(_comma_list(args.splits)), threads=args.threads,
     )
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from supreme_ecg import catalogue
+from supreme_ecg.settings import usable_threads
 from supreme_ecg.model import (
     MINILM_NAME, TextEncoder, build_model, default_model_config, load_checkpoint, save_checkpoint,
 )
@@ -458,7 +459,7 @@ def pretrain(shard_paths, labels_path, vocabulary_path, out_dir, cfg: PretrainCo
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(int(cfg.threads), 1))
+    torch.set_num_threads(usable_threads(cfg.threads))
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()

@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from supreme_ecg import catalogue
+from supreme_ecg.settings import usable_threads
 from supreme_ecg.model import TextEncoder, load_checkpoint, model_from_checkpoint
 from supreme_ecg.pretrain import batch_signals, iter_row_groups, read_row_group, resolve_device
 
@@ -148,7 +149,7 @@ def evaluate_task(task, checkpoint_path, shard_paths, task_labels_path, vocabula
     ``splits=None`` takes every split; ``text_encoder`` (a name or an encoder) overrides the checkpoint's.
     """
     if threads:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(usable_threads(threads))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = catalogue.task_classes(task)
