@@ -7,8 +7,13 @@ Leads stay in file order: :func:`supreme_ecg.leads.reorder_by_name` puts them in
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
+import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -131,30 +136,53 @@ def _parse_record_line(line: str) -> tuple[str, int, float, int | None]:
     return name, n_sig, fs, _int_or_none(tokens, 3)
 
 
+@lru_cache(maxsize=1024)
+def _parse_fmt_field(token: str) -> tuple[str, int, int, int]:
+    """Format field (``16``, ``16+24``, ``212x2:3+5``) → (format, samples per frame, skew, byte offset)."""
+    match = _FMT_RE.match(token)
+    if match is None:
+        raise RecordReadError("bad_header", f"format field {token!r}")
+    fmt, spf, skew, offset = match.groups()
+    return fmt, int(spf or 1), int(skew or 0), int(offset or 0)
+
+
+@lru_cache(maxsize=1024)
+def _parse_gain_field(token: str) -> tuple[float, int | None, str]:
+    """Gain field (``1000/mV``, ``200.0(0)/mV``) → (gain, baseline or None, units); gain 0 means 200."""
+    match = _GAIN_RE.match(token)
+    if match is None:
+        raise RecordReadError("bad_header", f"gain field {token!r}")
+    gain = float(match.group(1)) or 200.0
+    baseline = int(match.group(2)) if match.group(2) else None
+    return gain, baseline, match.group(3) or "mV"
+
+
 def _parse_signal_line(line: str) -> SignalSpec:
     """One signal line → :class:`SignalSpec` (gain 0 or absent means WFDB's default 200)."""
     tokens = line.split()
-    fmt_match = _FMT_RE.match(tokens[1])
-    if fmt_match is None:
-        raise RecordReadError("bad_header", f"format field {tokens[1]!r}")
-    fmt, spf, skew, offset = fmt_match.groups()
-    gain, baseline, units = 200.0, None, "mV"
-    if len(tokens) > 2:
-        gain_match = _GAIN_RE.match(tokens[2])
-        if gain_match is None:
-            raise RecordReadError("bad_header", f"gain field {tokens[2]!r}")
-        gain = float(gain_match.group(1)) or 200.0
-        baseline = int(gain_match.group(2)) if gain_match.group(2) else None
-        units = gain_match.group(3) or "mV"
-    adc_zero = _int_or_none(tokens, 4) or 0
-    return SignalSpec(
+    n = len(tokens)
+    fmt, spf, skew, offset = _parse_fmt_field(tokens[1])
+    gain, baseline, units = _parse_gain_field(tokens[2]) if n > 2 else (200.0, None, "mV")
+    adc_zero = int(tokens[4]) if n > 4 else 0
+    return _signal_spec(
         file_name=tokens[0], fmt=fmt, gain=gain,
         baseline=adc_zero if baseline is None else baseline, units=units,
-        adc_res=_int_or_none(tokens, 3) or 0, adc_zero=adc_zero,
-        init_value=_int_or_none(tokens, 5), checksum=_int_or_none(tokens, 6),
-        lead_name=" ".join(tokens[8:]), samples_per_frame=int(spf or 1),
-        skew=int(skew or 0), byte_offset=int(offset or 0),
+        adc_res=int(tokens[3]) if n > 3 else 0, adc_zero=adc_zero,
+        init_value=int(tokens[5]) if n > 5 else None, checksum=int(tokens[6]) if n > 6 else None,
+        lead_name=" ".join(tokens[8:]), samples_per_frame=spf, skew=skew, byte_offset=offset,
     )
+
+
+def _signal_spec(**values) -> SignalSpec:
+    """``SignalSpec(**values)`` (every field given) without the frozen dataclass's per-field
+    ``object.__setattr__`` calls, which cost more than parsing the line (12+ per record)."""
+    spec = object.__new__(SignalSpec)
+    spec.__dict__.update(values)
+    return spec
+
+
+# _signal_spec relies on SignalSpec being a plain dataclass: fields in __dict__, no __post_init__.
+assert not hasattr(SignalSpec, "__slots__") and not hasattr(SignalSpec, "__post_init__")
 
 
 def parse_header_text(text: str) -> Header:
@@ -219,12 +247,118 @@ def _parse_sex(value: object) -> str | None:
 # --------------------------------------------------------------------------- readers
 
 
+#: Largest per-record intermediate (in samples) kept for reuse between records; larger ones allocate.
+_SCRATCH_MAX_SAMPLES = 1 << 21
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers reused for a record's intermediates (raw ADC, float64 products).
+
+    Allocating and freeing about half a megabyte per record makes glibc return the pages to the
+    system and fault them in again on the next record, which costs more than the arithmetic.
+    Nothing returned to a caller ever aliases these buffers.
+    """
+
+    def __init__(self):
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, size: int, dtype) -> np.ndarray:
+        """A 1-D array of ``size`` elements of ``dtype`` (contents undefined)."""
+        if size > _SCRATCH_MAX_SAMPLES:
+            return np.empty(size, dtype)
+        array = self.arrays.get(key)
+        if array is None or array.size < size or array.dtype != np.dtype(dtype):
+            array = self.arrays[key] = np.empty(size, dtype)
+        return array[:size]
+
+
+_SCRATCH = _Scratch()
+
+
 def _scale(adc: np.ndarray, header: Header) -> np.ndarray:
-    """ADC (n_sig, n) → float32 mV, NaN where adc is :data:`ADC_NAN`."""
+    """ADC (n_sig, n) → float32 mV, NaN where adc is :data:`ADC_NAN`.
+
+    ``(adc - baseline) * (to_mv / gain)`` in float64, rounded once to float32. For int16 input
+    (every WFDB format-16 and CinC record) the float64 values live in a reused buffer, the result
+    is C-contiguous, and the NaN mask is only built when the minimum is :data:`ADC_NAN` (the
+    smallest int16, so the test is exact).
+    """
     factor = (header.to_mv / header.gains)[:, None]
+    if adc.dtype == np.int16:
+        scaled = _SCRATCH.get("scaled", adc.size, np.float64).reshape(adc.shape)
+        np.copyto(scaled, adc)  # int16 → float64 is exact (and makes a transposed view contiguous)
+        baselines = header.baselines
+        if baselines.any():  # x - 0.0 == x: skip the pass when every baseline is 0
+            scaled -= baselines[:, None]
+        scaled *= factor
+        signal = scaled.astype(np.float32)
+        if adc.size and adc.min() == ADC_NAN:
+            signal[adc == ADC_NAN] = np.nan
+        return signal
     signal = ((adc.astype(np.float64) - header.baselines[:, None]) * factor).astype(np.float32)
     signal[adc == ADC_NAN] = np.nan
     return signal
+
+
+#: ``errno`` values for which :meth:`pathlib.Path.is_file` answers False instead of raising.
+_NO_FILE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _open_regular(path) -> int | None:
+    """A read-only descriptor of the regular file at ``path`` (links followed), or None where
+    :meth:`pathlib.Path.is_file` would be False; one ``open`` + ``fstat`` instead of ``stat`` + ``open``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno in _NO_FILE_ERRNOS:
+            return None
+        raise
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_regular_text(path) -> str | None:
+    """UTF-8 text (errors replaced) of the regular file at ``path``, or None where there is none."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _read_int16_le(path, count: int) -> np.ndarray | None:
+    """Up to ``count`` little-endian int16 samples from the start of the regular file at ``path``
+    (fewer if it is shorter), or None where there is no such file.
+
+    Reads straight into a reused buffer (the result is only valid until the next call).
+    """
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    buffer = _SCRATCH.get("dat", count, np.dtype("<i2"))
+    view = memoryview(buffer).cast("B")
+    got = 0
+    try:
+        while got < len(view):
+            n = os.readv(fd, [view[got:]])
+            if not n:
+                break
+            got += n
+    finally:
+        os.close(fd)
+    return buffer[: got // 2]
 
 
 def _is_fast_wfdb16(header: Header) -> bool:
@@ -238,13 +372,18 @@ def _is_fast_wfdb16(header: Header) -> bool:
 
 
 def _read_wfdb16_fast(directory: Path, header: Header) -> np.ndarray:
-    """Format-16 ``.dat`` → mV with ``np.fromfile``; raises ``truncated_dat``."""
+    """Format-16 ``.dat`` → mV (one read into a reused buffer); raises ``truncated_dat``."""
     dat = directory / header.signals[0].file_name
-    if not dat.is_file():
-        raise RecordReadError("missing_file", str(dat))
     n_sig = header.n_sig
-    count = -1 if header.n_samples is None else header.n_samples * n_sig
-    raw = np.fromfile(dat, dtype="<i2", count=count)
+    if header.n_samples is None:
+        if not dat.is_file():
+            raise RecordReadError("missing_file", str(dat))
+        count, raw = -1, np.fromfile(dat, dtype="<i2")
+    else:
+        count = header.n_samples * n_sig
+        raw = _read_int16_le(dat, count)
+        if raw is None:
+            raise RecordReadError("missing_file", str(dat))
     if (count >= 0 and raw.size < count) or raw.size % n_sig:
         raise RecordReadError("truncated_dat", f"{dat.name}: {raw.size} samples, header needs {count}")
     return _scale(raw.reshape(-1, n_sig).T, header)
@@ -286,9 +425,10 @@ def _loadmat_key(path: Path, key: str) -> np.ndarray:
     return content[key]
 
 
-def _read_from_header(hea: Path) -> Record:
-    """A record described by a WFDB header: format-16 fast path, CinC ``.mat`` or wfdb."""
-    header = read_header(hea)
+def _read_from_header(hea: Path, text: str | None = None) -> Record:
+    """A record described by a WFDB header (``text``: its content, if already read): format-16
+    fast path, CinC ``.mat`` or wfdb."""
+    header = read_header(hea) if text is None else parse_header_text(text)
     directory, stem = hea.parent, hea.name[: -len(".hea")]
     if header.signals and header.signals[0].file_name.lower().endswith(".mat"):
         signal, kind = _read_cinc_mat(directory, header), "cinc_mat"
@@ -359,7 +499,11 @@ def read_record(path: str | Path) -> Record:
         if suffix == ".mat":
             return read_cpsc2018_mat(path)
         raise RecordReadError("missing_file", f"no header for {path}")
-    for ext, reader in ((".hea", _read_from_header), (".mat", read_cpsc2018_mat), (".h5", read_sph_h5)):
+    hea = _with_suffix(path, ".hea")
+    text = _read_regular_text(hea)  # the usual case: read the header instead of testing for it first
+    if text is not None:
+        return _read_from_header(hea, text)
+    for ext, reader in ((".mat", read_cpsc2018_mat), (".h5", read_sph_h5)):
         candidate = _with_suffix(path, ext)
         if candidate.is_file():
             return reader(candidate)

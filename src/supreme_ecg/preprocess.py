@@ -95,19 +95,33 @@ def repair_nonfinite(signal: np.ndarray, max_fraction: float) -> tuple[np.ndarra
     return out, n_bad
 
 
-def check_flat(signal: np.ndarray, threshold_mv: float, lead_names=CANONICAL_LEADS) -> None:
-    """Raise ``RecordRejected("flat_lead")`` when a lead's peak-to-peak is below ``threshold_mv``."""
-    ptp = np.ptp(signal, axis=-1)
+def check_flat(signal: np.ndarray, threshold_mv: float, lead_names=CANONICAL_LEADS, ptp=None) -> None:
+    """Raise ``RecordRejected("flat_lead")`` when a lead's peak-to-peak is below ``threshold_mv``.
+
+    ``ptp`` may pass the per-lead peak-to-peak already computed (``max - min`` along the last axis).
+    """
+    ptp = np.ptp(signal, axis=-1) if ptp is None else ptp
     flat = np.flatnonzero(ptp < threshold_mv)
     if flat.size:
         names = [lead_names[i] for i in flat]
         raise RecordRejected("flat_lead", f"peak-to-peak < {threshold_mv} mV in {names}")
 
 
-def _minmax_global(signal: np.ndarray) -> np.ndarray:
-    """One min–max over the whole array to [0, 1] (MERL)."""
-    lo, hi = float(signal.min()), float(signal.max())
-    return (signal - lo) / (hi - lo) if hi > lo else np.zeros_like(signal)
+def _minmax_global(signal: np.ndarray, lo: float | None = None, hi: float | None = None,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """One min–max over the whole array to [0, 1] (MERL).
+
+    ``lo``/``hi`` may pass the array's min and max; ``out`` (same shape and dtype) receives the result.
+    """
+    lo = float(signal.min()) if lo is None else lo
+    hi = float(signal.max()) if hi is None else hi
+    if not hi > lo:
+        if out is None:
+            return np.zeros_like(signal)
+        out[...] = 0
+        return out
+    out = np.subtract(signal, lo, out=out)  # the arithmetic of (signal - lo) / (hi - lo), one buffer
+    return np.divide(out, hi - lo, out=out)
 
 
 def _zscore_lead(signal: np.ndarray) -> np.ndarray:
@@ -155,15 +169,33 @@ class PreprocessConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def preprocess_record(record: formats.Record, cfg: PreprocessConfig) -> tuple[np.ndarray, dict]:
-    """Record → (float32 (12, cfg.n_samples), info); raises :class:`RecordRejected`."""
+def preprocess_record(record: formats.Record, cfg: PreprocessConfig, out: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, dict]:
+    """Record → (float32 (12, cfg.n_samples), info); raises :class:`RecordRejected`.
+
+    ``out``, a C-contiguous float32 ``(12, cfg.n_samples)`` array, receives the signal and is
+    returned (the shard writer passes a row of its row-group buffer); by default a new array.
+    """
     try:
         signal, sources, derived = reorder_by_name(record.signal, record.lead_names)
     except MissingLeadsError as exc:
         raise RecordRejected("missing_leads", str(exc)) from exc
-    signal, n_repaired = repair_nonfinite(signal.astype(np.float32, copy=False), cfg.max_nonfinite_fraction)
+    signal = signal.astype(np.float32, copy=False)
+    # Per-lead min and max (one pass each) serve the finiteness test (NaN propagates through
+    # min/max, inf shows up in them), the flat-lead check and min–max normalisation.
+    lows = highs = None
+    if signal.size:
+        lows, highs = signal.min(axis=-1), signal.max(axis=-1)
+    if lows is not None and np.isfinite(lows).all() and np.isfinite(highs).all():
+        n_repaired = 0
+    else:
+        signal, n_repaired = repair_nonfinite(signal, cfg.max_nonfinite_fraction)
+        lows = None
+    unchanged = record.fs == cfg.fs and signal.shape[-1] == cfg.n_samples  # resample and fix_length keep values
     signal = fix_length(resample(signal, record.fs, cfg.fs), cfg.n_samples, cfg.length_policy)
-    check_flat(signal, cfg.flat_threshold_mv)
+    if lows is None or not unchanged:
+        lows, highs = signal.min(axis=-1), signal.max(axis=-1)
+    check_flat(signal, cfg.flat_threshold_mv, ptp=highs - lows)
     info = {
         "original_fs": float(record.fs),
         "original_n_samples": int(record.signal.shape[-1]),
@@ -171,7 +203,13 @@ def preprocess_record(record: formats.Record, cfg: PreprocessConfig) -> tuple[np
         "derived_leads": list(derived),
         "n_nonfinite_repaired": n_repaired,
     }
-    return np.ascontiguousarray(normalise(signal, cfg.normalisation), dtype=np.float32), info
+    if cfg.normalisation == "minmax_global" and signal.dtype == np.float32:
+        return _minmax_global(signal, float(lows.min()), float(highs.max()), out=out), info
+    result = np.ascontiguousarray(normalise(signal, cfg.normalisation), dtype=np.float32)
+    if out is None:
+        return result, info
+    out[...] = result
+    return out, info
 
 
 # --------------------------------------------------------------------------- shards
@@ -210,51 +248,105 @@ def _resolve(source_path: str, root) -> Path:
     return Path(root) / source_path if root is not None else Path(source_path)
 
 
-def _process_row(row: dict, cfg: PreprocessConfig, root) -> tuple[np.ndarray, dict]:
-    """Read and preprocess one manifest row; every failure becomes :class:`RecordRejected`."""
+def _process_row(row: dict, cfg: PreprocessConfig, root, out: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Read and preprocess one manifest row (into ``out``); every failure becomes :class:`RecordRejected`."""
     try:
         record = formats.read_record(_resolve(row["source_path"], root))
     except formats.RecordReadError as exc:
         raise RecordRejected(exc.reason, exc.detail) from exc
     except Exception as exc:  # any other unreadable file must still end in the rejects
         raise RecordRejected("read_error", f"{type(exc).__name__}: {exc}") from exc
-    return preprocess_record(record, cfg)
+    return preprocess_record(record, cfg, out)
+
+
+#: Parquet codec of the ``signal`` column. Min–max-normalised float32 samples shrink only to
+#: about 60 % with snappy, which costs about as much CPU as everything else per record (and again
+#: on every read in pre-training), so the signal is stored uncompressed, without dictionary or
+#: statistics; the other columns keep pyarrow's defaults (snappy, dictionary, statistics).
+SIGNAL_COMPRESSION = "none"
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """Parquet leaf column paths of ``schema`` (``signal.list.element`` for the signal), which is how
+    ParquetWriter's per-column options name nested columns."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    parquet_schema = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    return [parquet_schema.column(i).path for i in range(len(parquet_schema))]
+
+
+def _writer_options(schema: pa.Schema, signal_compression: str) -> dict:
+    """ParquetWriter keywords: the signal column plain and ``signal_compression``, others the defaults."""
+    leaves = _leaf_paths(schema)
+    signal = [path for path in leaves if path.split(".")[0] == "signal"]
+    others = [path for path in leaves if path not in signal]
+    return {
+        "compression": {**{path: "snappy" for path in others}, **{path: signal_compression for path in signal}},
+        "use_dictionary": others,
+        "write_statistics": others,
+    }
 
 
 class _ShardWriter:
-    """Buffers accepted rows and writes row groups of ``row_group_size`` records."""
+    """Buffers accepted rows and writes row groups of ``row_group_size`` records.
 
-    def __init__(self, path: Path, schema: pa.Schema, cfg: PreprocessConfig, row_group_size: int):
+    Signals go straight into one ``(row_group_size, 12 * n_samples)`` float32 buffer (grown on
+    demand up to that size, then reused for every row group); the pass-through manifest columns
+    are taken from each manifest batch with one ``take`` per batch and row group.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, cfg: PreprocessConfig, row_group_size: int,
+                 signal_compression: str = SIGNAL_COMPRESSION):
         """Open a ParquetWriter at ``path``."""
-        self.schema, self.cfg, self.size = schema, cfg, row_group_size
-        self.writer = pq.ParquetWriter(path, schema)
-        self.rows: list[pa.RecordBatch] = []
-        self.signals: list[np.ndarray] = []
+        self.schema, self.cfg, self.size = schema, cfg, max(int(row_group_size), 1)
+        self.writer = pq.ParquetWriter(path, schema, **_writer_options(schema, signal_compression))
+        self.width = 12 * cfg.n_samples
+        self.buffer = np.empty((min(self.size, 16), self.width), np.float32)
+        self.n = 0
+        self.pending: list[tuple[pa.RecordBatch, list[int]]] = []  # (manifest batch, row indices)
         self.infos: list[dict] = []
 
-    def add(self, row: pa.RecordBatch, signal: np.ndarray, info: dict) -> None:
-        """Buffer one accepted record (``row`` is a one-row slice of the manifest batch)."""
-        self.rows.append(row)
-        self.signals.append(signal.reshape(-1))
+    def slot(self) -> np.ndarray:
+        """The ``(12, n_samples)`` buffer row the next accepted record goes to (fill it, then :meth:`add`)."""
+        if self.n == len(self.buffer):  # grow (doubling, at most to the row-group size)
+            grown = np.empty((min(2 * len(self.buffer), self.size), self.width), np.float32)
+            grown[: self.n] = self.buffer[: self.n]
+            self.buffer = grown
+        return self.buffer[self.n].reshape(12, self.cfg.n_samples)
+
+    def add(self, batch: pa.RecordBatch, index: int, signal: np.ndarray, info: dict) -> None:
+        """Buffer one accepted record: row ``index`` of the (pass-through columns of a) manifest batch.
+
+        ``signal`` is copied into the buffer unless it already is :meth:`slot`.
+        """
+        row = self.slot().reshape(-1)
+        if signal.__array_interface__["data"][0] != row.ctypes.data:
+            row[...] = signal.reshape(-1)
+        if self.pending and self.pending[-1][0] is batch:
+            self.pending[-1][1].append(index)
+        else:
+            self.pending.append((batch, [index]))
         self.infos.append(info)
-        if len(self.rows) >= self.size:
+        self.n += 1
+        if self.n >= self.size:
             self.flush()
 
     def flush(self) -> None:
         """Write the buffered records as one row group."""
-        if not self.rows:
+        if not self.n:
             return
-        passed = pa.Table.from_batches(self.rows).combine_chunks()
+        n = self.n
+        taken = [batch.take(pa.array(indices, pa.int64())) for batch, indices in self.pending]
+        passed = pa.Table.from_batches(taken).combine_chunks()
         columns = {name: passed.column(name) for name in passed.column_names}
-        n = len(self.rows)
-        columns["fs"] = pa.array([self.cfg.fs] * n, pa.float32())
-        columns["n_samples"] = pa.array([self.cfg.n_samples] * n, pa.int32())
+        columns["fs"] = pa.array(np.full(n, self.cfg.fs, np.float32))
+        columns["n_samples"] = pa.array(np.full(n, self.cfg.n_samples, np.int32))
         for name, typ in ADDED_FIELDS[2:]:
             columns[name] = pa.array([info[name] for info in self.infos], typ)
-        flat = pa.array(np.concatenate(self.signals), pa.float32())
-        columns["signal"] = pa.FixedSizeListArray.from_arrays(flat, 12 * self.cfg.n_samples)
+        flat = pa.array(self.buffer[:n].reshape(-1))  # zero-copy view of the buffer
+        columns["signal"] = pa.FixedSizeListArray.from_arrays(flat, self.width)
         self.writer.write_table(pa.table([columns[f.name] for f in self.schema], schema=self.schema))
-        self.rows, self.signals, self.infos = [], [], []
+        self.n, self.pending, self.infos = 0, [], []
 
     def close(self) -> None:
         """Flush and close."""
@@ -279,9 +371,12 @@ def _shard_batches(manifest: pq.ParquetFile, shard: int, n_shards: int, batch_si
 
 def preprocess_shard(
     manifest_path, shard: int, n_shards: int, cfg: PreprocessConfig, out_path, rejects_path,
-    root=None, row_group_size: int = ROW_GROUP_SIZE,
+    root=None, row_group_size: int = ROW_GROUP_SIZE, signal_compression: str = SIGNAL_COMPRESSION,
 ) -> dict:
-    """Preprocess one shard of a manifest into ``out_path`` and ``rejects_path`` (both always written)."""
+    """Preprocess one shard of a manifest into ``out_path`` and ``rejects_path`` (both always written).
+
+    ``signal_compression`` is the Parquet codec of the ``signal`` column (see :data:`SIGNAL_COMPRESSION`).
+    """
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} outside 0..{n_shards - 1}")
     manifest = pq.ParquetFile(manifest_path)
@@ -293,21 +388,22 @@ def preprocess_shard(
         path.parent.mkdir(parents=True, exist_ok=True)
     schema = output_schema(manifest.schema_arrow, cfg)
     tmp_out, tmp_rej = out_path.with_name(out_path.name + ".tmp"), rejects_path.with_name(rejects_path.name + ".tmp")
-    writer = _ShardWriter(tmp_out, schema, cfg, row_group_size)
+    writer = _ShardWriter(tmp_out, schema, cfg, row_group_size, signal_compression)
     rejects, reasons, n_in, n_ok = [], Counter(), 0, 0
     try:
         for batch, indices in _shard_batches(manifest, shard, n_shards, max(row_group_size, 1024)):
             passed = batch.select([f.name for f in schema if f.name in batch.schema.names])
+            required = {k: batch.column(k).to_pylist() for k in REQUIRED_MANIFEST_COLUMNS}
             for i in indices:
                 n_in += 1
-                row = {k: batch.column(k)[i].as_py() for k in REQUIRED_MANIFEST_COLUMNS}
+                row = {k: values[i] for k, values in required.items()}
                 try:
-                    signal, info = _process_row(row, cfg, root)
+                    signal, info = _process_row(row, cfg, root, out=writer.slot())
                 except RecordRejected as exc:
                     rejects.append(_reject_row(row, exc))
                     reasons[exc.reason] += 1
                     continue
-                writer.add(passed.slice(i, 1), signal, info)
+                writer.add(passed, i, signal, info)
                 n_ok += 1
     except BaseException:
         writer.close()
