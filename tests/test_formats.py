@@ -12,18 +12,8 @@ import wfdb
 
 from supreme_ecg import formats
 from supreme_ecg.leads import CANONICAL_LEADS, reorder_by_name
-from supreme_ecg.settings import fixtures_dir
 
 CINC_FOLDERS = ["cpsc2018", "chapman_ningbo", "georgia", "ptb", "ptbxl"]
-
-
-@pytest.fixture(scope="module")
-def fx() -> Path:
-    """The real fixtures folder, or skip."""
-    root = fixtures_dir()
-    if not (root / "cinc2020").is_dir() or not (root / "ptbxl").is_dir():
-        pytest.skip(f"real ECG fixtures not found at {root} (set SUPREME_FIXTURES)")
-    return root
 
 
 def _first_token(hea: Path) -> str:

@@ -14,18 +14,8 @@ import pytest
 from supreme_ecg import formats
 from supreme_ecg import preprocess as pp
 from supreme_ecg.leads import CANONICAL_LEADS
-from supreme_ecg.settings import fixtures_dir
 
 RAW = pp.PreprocessConfig(normalisation="none")
-
-
-@pytest.fixture(scope="module")
-def fx() -> Path:
-    """The real fixtures folder, or skip."""
-    root = fixtures_dir()
-    if not (root / "cinc2020").is_dir() or not (root / "ptbxl").is_dir():
-        pytest.skip(f"real ECG fixtures not found at {root} (set SUPREME_FIXTURES)")
-    return root
 
 
 def _record(signal, names=CANONICAL_LEADS, fs=500):

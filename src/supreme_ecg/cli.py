@@ -65,7 +65,8 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
         fs=args.fs, n_samples=args.n_samples, length_policy=args.length_policy,
         max_nonfinite_fraction=args.max_nonfinite, normalisation=args.normalisation,
     )
-    return preprocess_shard(args.manifest, args.shard, args.n_shards, cfg, args.out, args.rejects, root=args.root)
+    return preprocess_shard(args.manifest, args.shard, args.n_shards, cfg, args.out, args.rejects, root=args.root,
+                            signal_compression=args.signal_compression)
 
 
 def cmd_preprocess_summary(args: argparse.Namespace) -> dict:
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-policy", default="crop_or_pad")
     p.add_argument("--max-nonfinite", type=float, default=0.1)
     p.add_argument("--normalisation", default="minmax_global")
+    p.add_argument("--signal-compression", default="none", choices=["none", "snappy", "zstd"])
     p.add_argument("--out", required=True)
     p.add_argument("--rejects", required=True)
     p.set_defaults(func=cmd_preprocess)
