@@ -37,3 +37,4 @@ rule all:
         "results/zeroshot/summary.csv",
         expand("results/preprocessed/{dataset}/summary.csv", dataset=DATASETS),
         "results/extract/label_vocabulary.parquet",
+        "results/records.parquet",

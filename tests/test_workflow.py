@@ -61,10 +61,16 @@ def test_all_outputs_written(workflow_run):
 
 
 def test_every_record_accounted_for(workflow_run):
+    table = pd.read_parquet(workflow_run / "results/records.parquet")
     for dataset in ("mimic", "ptbxl", "cpsc2018", "csn"):
         manifest = pd.read_parquet(workflow_run / f"results/manifests/{dataset}.parquet")
         outcome = pd.read_csv(workflow_run / f"results/preprocessed/{dataset}/summary.csv")
         assert outcome["n_records"].sum() == len(manifest)
+        rows = table[table["dataset"] == dataset]
+        assert sorted(rows["record_id"]) == sorted(manifest["record_id"].astype(str))
+        written = outcome.loc[outcome["outcome"] == "written", "n_records"].sum()
+        assert (rows["status"] == "written").sum() == written
+        assert rows.loc[rows["status"] == "rejected", "reason"].notna().all()
     rejects = pd.read_parquet(workflow_run / "results/preprocessed/mimic/rejects.parquet")
     assert len(rejects) > 0 and rejects["reason"].str.len().gt(0).all()
 

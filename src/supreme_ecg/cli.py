@@ -77,6 +77,20 @@ def cmd_preprocess_summary(args: argparse.Namespace) -> dict:
     return {"outcomes": summary.set_index("outcome")["n_records"].to_dict()}
 
 
+def cmd_record_table(args: argparse.Namespace) -> dict:
+    """Write the unified record table of all datasets (metadata and outcome, no signals)."""
+    import pandas as pd
+
+    from supreme_ecg.preprocess import record_table
+
+    tables = [record_table(m, [s for s in args.shards if f"/{d}/" in s], [r for r in args.rejects if f"/{d}/" in r])
+              for m, d in zip(args.manifests, args.datasets)]
+    table = pd.concat(tables, ignore_index=True)
+    table.to_parquet(args.out, index=False)
+    counts = table.groupby(["dataset", "status"]).size()
+    return {f"{dataset}:{status}": int(n) for (dataset, status), n in counts.items()}
+
+
 def cmd_extract(args: argparse.Namespace) -> dict:
     """Extract entities from the pre-training reports and standardise them into labels."""
     from supreme_ecg import extract
@@ -190,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--rejects-out", required=True)
     p.set_defaults(func=cmd_preprocess_summary)
+
+    p = sub.add_parser("record-table", help=cmd_record_table.__doc__)
+    p.add_argument("--datasets", nargs="+", required=True)
+    p.add_argument("--manifests", nargs="+", required=True, help="one per dataset, same order")
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--rejects", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_record_table)
 
     p = sub.add_parser("extract", help=cmd_extract.__doc__)
     p.add_argument("--manifest", required=True)

@@ -9,6 +9,7 @@ Per record (:func:`preprocess_record`): reorder by lead name → repair NaN/inf 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
@@ -454,3 +455,35 @@ def summarise_dataset(manifest_path, shard_paths, rejects_paths, out_csv, reject
     summary["share"] = summary["n_records"] / max(len(manifest_ids), 1)
     summary.to_csv(out_csv, index=False)
     return summary
+
+
+RECORD_TABLE_COLUMNS = [
+    "record_id", "dataset", "source_path", "patient_id", "split", "codes", "report", "status", "reason",
+    "fs", "original_fs", "original_n_samples", "lead_sources", "derived_leads",
+]
+
+
+def _codes(manifest: pd.DataFrame) -> pd.Series:
+    """Each record's label codes: PTB-XL SCP codes, CinC SNOMED codes, none for MIMIC (free text)."""
+    if "scp_codes" in manifest:
+        return manifest["scp_codes"].map(lambda text: sorted(json.loads(text)) if text else [])
+    if "dx_codes" in manifest:
+        return manifest["dx_codes"].map(lambda codes: [str(c) for c in codes] if codes is not None else [])
+    return pd.Series([[] for _ in range(len(manifest))], index=manifest.index)
+
+
+def record_table(manifest_path, shard_paths, rejects_paths) -> pd.DataFrame:
+    """One dataset in the unified record table (``RECORD_TABLE_COLUMNS``; signals left out)."""
+    manifest = pd.read_parquet(manifest_path)
+    meta = ["record_id", "fs", "original_fs", "original_n_samples", "lead_sources", "derived_leads"]
+    written = pd.concat([pd.read_parquet(p, columns=meta) for p in shard_paths], ignore_index=True)
+    rejects = pd.concat([pd.read_parquet(p, columns=["record_id", "reason"]) for p in rejects_paths],
+                        ignore_index=True)
+    table = manifest.assign(codes=_codes(manifest))
+    for column in ("patient_id", "report"):
+        if column not in table:
+            table[column] = None
+    table = table.merge(written, on="record_id", how="left").merge(rejects, on="record_id", how="left")
+    table["status"] = np.where(table["reason"].notna(), "rejected", "written")
+    table["patient_id"] = table["patient_id"].astype("string")
+    return table[RECORD_TABLE_COLUMNS]

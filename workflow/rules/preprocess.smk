@@ -53,3 +53,28 @@ rule preprocess_summary:
         "python -m supreme_ecg.cli preprocess-summary --manifest {input.manifest} --shards {input.shards}"
         " --rejects {input.rejects} --out {output.summary} --rejects-out {output.rejects}"
         " > {log} 2>&1"
+
+
+rule record_table:
+    input:
+        manifests=expand("results/manifests/{dataset}.parquet", dataset=DATASETS),
+        shards=[s for d in DATASETS for s in dataset_shards(dataset=d)],
+        rejects=[s for d in DATASETS for s in dataset_shards(dataset=d, kind="rejects")],
+    output:
+        report(
+            "results/records.parquet",
+            category="Preprocess",
+            caption="../report/record_table.rst",
+        ),
+    log:
+        "logs/record_table.log",
+    benchmark:
+        "benchmarks/out/record_table.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    params:
+        datasets=DATASETS,
+    shell:
+        "python -m supreme_ecg.cli record-table --datasets {params.datasets}"
+        " --manifests {input.manifests} --shards {input.shards} --rejects {input.rejects}"
+        " --out {output} > {log} 2>&1"
