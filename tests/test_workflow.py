@@ -88,3 +88,40 @@ def test_rerun_pretrain_only_reruns_downstream(workflow_run):
     rows = text.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
     jobs = {row.split()[0] for row in rows} - {"total"}
     assert jobs == {"pretrain", "zeroshot_task", "zeroshot_summary", "all"}, jobs
+
+
+def _add_mimic_record(root: Path) -> str:
+    """Copy the first MIMIC-style record under a new study id, as a new PhysioNet release would add it."""
+    mimic = root / "data" / "demo" / "mimic-iv-ecg"
+    records = pd.read_csv(mimic / "record_list.csv", dtype=str)
+    reports = pd.read_csv(mimic / "machine_measurements.csv", dtype=str)
+    first = records.iloc[0]
+    new_study = "49999999"
+    new_path = f"files/p{first.subject_id[:4]}/p{first.subject_id}/s{new_study}/{new_study}"
+    (mimic / new_path).parent.mkdir(parents=True)
+    header = (mimic / f"{first.path}.hea").read_text().replace(first.study_id, new_study)
+    (mimic / f"{new_path}.hea").write_text(header)
+    shutil.copy(mimic / f"{first.path}.dat", mimic / f"{new_path}.dat")
+    row = first.copy()
+    row["study_id"], row["file_name"], row["path"] = new_study, new_study, new_path
+    pd.concat([records, row.to_frame().T]).to_csv(mimic / "record_list.csv", index=False)
+    report = reports[reports.study_id == first.study_id].assign(study_id=new_study)
+    pd.concat([reports, report]).to_csv(mimic / "machine_measurements.csv", index=False)
+    return new_study
+
+
+def test_adding_a_record_redoes_only_its_shard(workflow_run):
+    from supreme_ecg.preprocess import shard_of
+
+    new_id = _add_mimic_record(workflow_run)
+    target = "results/preprocessed/mimic/summary.csv"
+    proc = _snakemake(workflow_run, target, "--forcerun", "index_dataset", "--printshellcmds")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    ran = {line.split("--shard ")[1].split()[0] for line in text.splitlines()
+           if "supreme_ecg.cli preprocess " in line and "--shard " in line}
+    assert ran == {str(shard_of(new_id, 2))}, text[-3000:]
+    manifest = pd.read_parquet(workflow_run / "results/manifests/mimic.parquet")
+    assert new_id in set(manifest["record_id"])
+    outcome = pd.read_csv(workflow_run / target)
+    assert outcome["n_records"].sum() == len(manifest)

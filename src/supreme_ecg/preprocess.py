@@ -14,6 +14,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -487,3 +488,26 @@ def record_table(manifest_path, shard_paths, rejects_paths) -> pd.DataFrame:
     table["status"] = np.where(table["reason"].notna(), "rejected", "written")
     table["patient_id"] = table["patient_id"].astype("string")
     return table[RECORD_TABLE_COLUMNS]
+
+
+@lru_cache(maxsize=16)
+def _shard_digests_cached(path: str, mtime_ns: int, n_shards: int) -> tuple[str, ...]:
+    manifest = pd.read_parquet(path)
+    rows = pd.util.hash_pandas_object(manifest.astype(str), index=False).to_numpy()
+    shards = np.fromiter((shard_of(str(r), n_shards) for r in manifest["record_id"]), dtype=np.int64,
+                         count=len(manifest))
+    digests = []
+    for shard in range(n_shards):
+        mine = np.sort(rows[shards == shard])
+        digests.append(hashlib.sha256(mine.tobytes()).hexdigest()[:16])
+    return tuple(digests)
+
+
+def manifest_shard_digests(manifest_path, n_shards: int) -> tuple[str, ...]:
+    """A content digest of each shard's manifest rows, so that only changed shards are redone.
+
+    Records go to shards by a stable hash of their id, so adding records changes the digests of
+    the shards they land in and of no other; the workflow passes the digest as a param.
+    """
+    path = Path(manifest_path)
+    return _shard_digests_cached(str(path.resolve()), path.stat().st_mtime_ns, int(n_shards))

@@ -4,6 +4,7 @@ import json
 
 from supreme_ecg import catalogue
 from supreme_ecg.datasets import DATASET_FOLDERS
+from supreme_ecg.preprocess import manifest_shard_digests
 
 DATA_ROOT = config["data"]["root"]
 MERL_SPLITS_DIR = os.path.join(DATA_ROOT, "merl_splits")
@@ -35,3 +36,14 @@ def dataset_ready(wildcards):
     if config["data"]["source"] == "demo":
         return f"{DATA_ROOT}/demo_truth.parquet"
     return f"results/data/{wildcards.dataset}.json"
+
+
+def shard_manifest(wildcards):
+    """The dataset's manifest, marked ancient: a shard reruns when its own rows change (digest)."""
+    return ancient(checkpoints.index_dataset.get(dataset=wildcards.dataset).output[0])
+
+
+def shard_digest(wildcards):
+    """Content digest of the manifest rows of one shard."""
+    manifest = checkpoints.index_dataset.get(dataset=wildcards.dataset).output[0]
+    return manifest_shard_digests(manifest, int(wildcards.n))[int(wildcards.shard)]

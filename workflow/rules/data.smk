@@ -67,7 +67,7 @@ rule fetch_merl_splits:
         " --commit {params.commit} --out {output} > {log} 2>&1"
 
 
-rule index_dataset:
+checkpoint index_dataset:
     input:
         dataset_ready,
     output:

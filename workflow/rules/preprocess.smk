@@ -3,7 +3,7 @@
 
 rule preprocess_shard:
     input:
-        manifest="results/manifests/{dataset}.parquet",
+        manifest=shard_manifest,
     output:
         shard="results/preprocessed/{dataset}/shard-{shard}-of-{n}.parquet",
         rejects="results/preprocessed/{dataset}/rejects-{shard}-of-{n}.parquet",
@@ -14,6 +14,7 @@ rule preprocess_shard:
     conda:
         "../../envs/preprocess.yaml"
     params:
+        rows=shard_digest,
         root=DATA_ROOT,
         fs=config["preprocess"]["fs"],
         n_samples=config["preprocess"]["n_samples"],
