@@ -79,13 +79,9 @@ def cmd_preprocess_summary(args: argparse.Namespace) -> dict:
 
 def cmd_record_table(args: argparse.Namespace) -> dict:
     """Write the unified record table of all datasets (metadata and outcome, no signals)."""
-    import pandas as pd
-
     from supreme_ecg.preprocess import record_table
 
-    tables = [record_table(m, [s for s in args.shards if f"/{d}/" in s], [r for r in args.rejects if f"/{d}/" in r])
-              for m, d in zip(args.manifests, args.datasets)]
-    table = pd.concat(tables, ignore_index=True)
+    table = record_table(args.manifests, args.shards, args.rejects)
     table.to_parquet(args.out, index=False)
     counts = table.groupby(["dataset", "status"]).size()
     return {f"{dataset}:{status}": int(n) for (dataset, status), n in counts.items()}
@@ -206,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_preprocess_summary)
 
     p = sub.add_parser("record-table", help=cmd_record_table.__doc__)
-    p.add_argument("--datasets", nargs="+", required=True)
-    p.add_argument("--manifests", nargs="+", required=True, help="one per dataset, same order")
+    p.add_argument("--manifests", nargs="+", required=True)
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--rejects", nargs="+", required=True)
     p.add_argument("--out", required=True)

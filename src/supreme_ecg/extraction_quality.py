@@ -22,7 +22,6 @@ they disagree with the report text now and then: the figures are a floor, compar
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import re
@@ -38,6 +37,7 @@ import pyarrow.parquet as pq
 
 from supreme_ecg import extract
 from supreme_ecg.catalogue import concepts
+from supreme_ecg.datasets import parse_scp_codes
 from supreme_ecg.llm_cache import CACHE_ENV
 from supreme_ecg.settings import fixtures_dir
 
@@ -60,7 +60,7 @@ def gold_concepts(scp_codes: str | dict, min_likelihood: float = 0.0) -> tuple[s
     of an anterior, inferior or lateral infarct) says only that one of them may be right: those
     concepts are *excused* — predicting them is neither a hit nor a false alarm, missing them is no miss.
     """
-    codes = ast.literal_eval(scp_codes) if isinstance(scp_codes, str) else scp_codes
+    codes = parse_scp_codes(scp_codes)
     table = scp_concepts()
     kept = [table.get(code, set()) for code, lik in codes.items() if float(lik) >= min_likelihood]
     gold = {cid for cids in kept if len(cids) == 1 for cid in cids}

@@ -9,7 +9,6 @@ Per record (:func:`preprocess_record`): reorder by lead name → repair NaN/inf 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
@@ -466,27 +465,33 @@ RECORD_TABLE_COLUMNS = [
 
 def _codes(manifest: pd.DataFrame) -> pd.Series:
     """Each record's label codes: PTB-XL SCP codes, CinC SNOMED codes, none for MIMIC (free text)."""
+    from supreme_ecg.datasets import parse_scp_codes
+
     if "scp_codes" in manifest:
-        return manifest["scp_codes"].map(lambda text: sorted(json.loads(text)) if text else [])
+        return manifest["scp_codes"].map(lambda text: sorted(parse_scp_codes(text)))
     if "dx_codes" in manifest:
         return manifest["dx_codes"].map(lambda codes: [str(c) for c in codes] if codes is not None else [])
     return pd.Series([[] for _ in range(len(manifest))], index=manifest.index)
 
 
-def record_table(manifest_path, shard_paths, rejects_paths) -> pd.DataFrame:
-    """One dataset in the unified record table (``RECORD_TABLE_COLUMNS``; signals left out)."""
-    manifest = pd.read_parquet(manifest_path)
+def record_table(manifest_paths, shard_paths, rejects_paths) -> pd.DataFrame:
+    """The unified record table of all datasets (``RECORD_TABLE_COLUMNS``; signals left out).
+
+    Record ids are unique across datasets, so written and rejected records join on them alone.
+    """
     meta = ["record_id", "fs", "original_fs", "original_n_samples", "lead_sources", "derived_leads"]
     written = pd.concat([pd.read_parquet(p, columns=meta) for p in shard_paths], ignore_index=True)
     rejects = pd.concat([pd.read_parquet(p, columns=["record_id", "reason"]) for p in rejects_paths],
                         ignore_index=True)
-    table = manifest.assign(codes=_codes(manifest))
-    for column in ("patient_id", "report"):
-        if column not in table:
-            table[column] = None
+    manifests = []
+    for path in manifest_paths:
+        manifest = pd.read_parquet(path)
+        manifests.append(manifest.assign(codes=_codes(manifest)).reindex(
+            columns=["record_id", "dataset", "source_path", "patient_id", "split", "codes", "report"],
+        ).astype({"patient_id": "string"}))
+    table = pd.concat(manifests, ignore_index=True)
     table = table.merge(written, on="record_id", how="left").merge(rejects, on="record_id", how="left")
     table["status"] = np.where(table["reason"].notna(), "rejected", "written")
-    table["patient_id"] = table["patient_id"].astype("string")
     return table[RECORD_TABLE_COLUMNS]
 
 

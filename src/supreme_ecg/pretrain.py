@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from supreme_ecg import catalogue
+from supreme_ecg.preprocess import read_signals
 from supreme_ecg.settings import usable_threads
 from supreme_ecg.model import (
     MINILM_NAME, TextEncoder, build_model, default_model_config, load_checkpoint, save_checkpoint,
@@ -111,15 +112,6 @@ def n_samples_of(path) -> int:
     return pq.ParquetFile(path).schema_arrow.field("signal").type.list_size // 12
 
 
-def batch_signals(batch: pa.RecordBatch) -> np.ndarray:
-    """The ``signal`` column as float32 ``(rows, 12, n_samples)`` (zero-copy where possible)."""
-    column = batch.column("signal")
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    n = column.type.list_size // 12
-    return np.asarray(column.flatten(), dtype=np.float32).reshape(-1, 12, n)
-
-
 def hash_fraction(key: str) -> float:
     """Stable uniform number in [0, 1) from a key (SHA-256, independent of PYTHONHASHSEED)."""
     return int.from_bytes(hashlib.sha256(str(key).encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
@@ -198,7 +190,7 @@ class _Data:
         self.x = np.empty((n, 12, self.n_samples), np.float32)
         start = 0
         for u in self.units:
-            signals = batch_signals(read_row_group(u["path"], u["rg"], ["signal"]))
+            signals = read_signals(read_row_group(u["path"], u["rg"], ["signal"]))
             self.x[start:start + len(u["rows"])] = signals[u["rows"]]
             start += len(u["rows"])
         self.y = self.matrix[np.concatenate([u["labels"] for u in self.units])]
@@ -240,7 +232,7 @@ class _Data:
             keep = ~u["val"] if train else u["val"]
             if not keep.any():
                 continue
-            signals = batch_signals(read_row_group(u["path"], u["rg"], ["signal"]))
+            signals = read_signals(read_row_group(u["path"], u["rg"], ["signal"]))
             xs.append(signals[u["rows"][keep]])
             ys.append(self.matrix[u["labels"][keep]])
             held += int(keep.sum())

@@ -20,7 +20,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from supreme_ecg import catalogue
 from supreme_ecg.settings import usable_threads
 from supreme_ecg.model import TextEncoder, load_checkpoint, model_from_checkpoint
-from supreme_ecg.pretrain import batch_signals, iter_row_groups, read_row_group, resolve_device
+from supreme_ecg.preprocess import read_signals
+from supreme_ecg.pretrain import iter_row_groups, read_row_group, resolve_device
 
 SUMMARY_COLUMNS = ["task", "n_classes", "n_classes_evaluated", "macro_auc", "macro_auc_seen",
                    "macro_auc_unseen", "macro_auc_composite", "n_seen", "n_unseen", "n_composite"]
@@ -71,7 +72,7 @@ def score_records(model, query: torch.Tensor, shard_paths, record_ids, batch_siz
         rows = [i for i, r in enumerate(ids) if r in wanted and r not in scores]
         if not rows:
             continue
-        signals = batch_signals(read_row_group(path, rg, ["signal"]))[rows]
+        signals = read_signals(read_row_group(path, rg, ["signal"]))[rows]
         with torch.inference_mode():
             for i in range(0, len(rows), batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(signals[i:i + batch_size])).to(device)

@@ -73,9 +73,6 @@ rule record_table:
         "benchmarks/out/record_table.tsv"
     conda:
         "../../envs/preprocess.yaml"
-    params:
-        datasets=DATASETS,
     shell:
-        "python -m supreme_ecg.cli record-table --datasets {params.datasets}"
-        " --manifests {input.manifests} --shards {input.shards} --rejects {input.rejects}"
+        "python -m supreme_ecg.cli record-table --manifests {input.manifests} --shards {input.shards} --rejects {input.rejects}"
         " --out {output} > {log} 2>&1"
