@@ -195,7 +195,8 @@ def test_preprocess_shard_counts_schema_and_signals(fx, tmp_path):
         assert (counts["n_written"], counts["n_rejected"]) == (table.num_rows, rejects.num_rows)
         assert sorted(table["record_id"].to_pylist() + rejects["record_id"].to_pylist()) == expected
         assert rejects.schema.names == ["record_id", "dataset", "source_path", "reason", "detail"]
-        assert table.schema.field("signal").type == pa.list_(pa.float32(), 12 * 5000)
+        assert table.schema.field("signal").type == pa.binary(12 * 5000 * 4)
+        assert table.schema.field("signal").metadata[b"supreme_ecg.shape"] == b"12,5000"
         assert table.schema.field("n_nonfinite_repaired").type == pa.int32()
         assert table.schema.names[:7] == ["record_id", "dataset", "source_path", "patient_id", "split", "report", "codes"]
         signals = pp.read_signals(out)
@@ -228,8 +229,25 @@ def test_empty_shard_writes_both_files(tmp_path):
     assert pp.read_signals(out).shape == (0, 12, 5000)
 
 
-def test_read_signals_row_major(tmp_path):
-    x = np.arange(2 * 12 * 3, dtype=np.float32).reshape(2, 12, 3)
-    column = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 36)
+def test_read_signals_row_major_sliced_and_chunked(tmp_path):
+    x = np.arange(5 * 12 * 3, dtype=np.float32).reshape(5, 12, 3)
+    column = pa.chunked_array([pp.signal_array(x[:2]), pp.signal_array(x[2:])])
     table = pa.table({"signal": column}).slice(1)
     np.testing.assert_array_equal(pp.read_signals(table), x[1:])
+    pq.write_table(pa.table({"signal": column}), tmp_path / "s.parquet", row_group_size=2)
+    np.testing.assert_array_equal(pp.read_signals(tmp_path / "s.parquet"), x)
+
+
+def test_signal_column_is_little_endian_float32_bytes():
+    x = np.linspace(-1, 1, 2 * 12 * 4).reshape(2, 12, 4)  # float64 in, <f4 bytes out
+    column = pp.signal_array(x)
+    assert column.type == pp.signal_type(4) and pp.signal_n_samples(column.type) == 4
+    assert column[1].as_py() == x[1].astype("<f4").tobytes()
+    with pytest.raises(ValueError, match="n, 12, n_samples"):
+        pp.signal_array(x[:, :6])
+
+
+def test_read_signals_names_the_fix_for_old_list_shards():
+    old = pa.table({"signal": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(36, np.float32)), 36)})
+    with pytest.raises(TypeError, match="-R preprocess_shard"):
+        pp.read_signals(old)

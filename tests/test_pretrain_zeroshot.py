@@ -19,6 +19,7 @@ import torch
 
 from supreme_ecg import catalogue
 from supreme_ecg.model import TextEncoder, load_checkpoint
+from supreme_ecg.preprocess import signal_array
 from supreme_ecg.pretrain import (
     CHECKPOINT, IN_PROGRESS, METRICS_COLUMNS, PretrainConfig, macro_auc, masked_bce, pretrain,
 )
@@ -46,14 +47,14 @@ class CountingEncoder:
 
 
 def write_shards(root: Path, ids, x) -> list[Path]:
-    """Two preprocessed shards (contract schema, fixed-size ``signal``), row groups of 50."""
+    """Two preprocessed shards (contract schema and ``signal`` type), row groups of 50."""
     paths = []
     for s, part in enumerate(np.array_split(np.arange(len(ids)), 2)):
         n = len(part)
         table = pa.table({
             "record_id": [ids[i] for i in part], "dataset": ["toy"] * n, "split": ["train"] * n,
             "fs": pa.array([FS] * n, pa.int32()), "n_samples": pa.array([LENGTH] * n, pa.int32()),
-            "signal": pa.FixedSizeListArray.from_arrays(pa.array(x[part].reshape(-1), pa.float32()), 12 * LENGTH),
+            "signal": signal_array(x[part]),
         })
         paths.append(root / f"shard-{s}.parquet")
         pq.write_table(table, paths[-1], row_group_size=50)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from supreme_ecg import catalogue
-from supreme_ecg.preprocess import read_signals
+from supreme_ecg.preprocess import read_signals, signal_n_samples
 from supreme_ecg.settings import usable_threads
 from supreme_ecg.model import (
     MINILM_NAME, TextEncoder, build_model, default_model_config, load_checkpoint, save_checkpoint,
@@ -108,8 +108,8 @@ def read_row_group(path, rg: int, columns):
 
 
 def n_samples_of(path) -> int:
-    """Samples per lead of a shard, from the fixed-size ``signal`` type."""
-    return pq.ParquetFile(path).schema_arrow.field("signal").type.list_size // 12
+    """Samples per lead of a shard, from its ``signal`` type."""
+    return signal_n_samples(pq.ParquetFile(path).schema_arrow.field("signal").type)
 
 
 def hash_fraction(key: str) -> float:
