@@ -186,3 +186,93 @@ def test_index_dataset_paths_are_relative_to_the_data_root(tmp_path):
     m = datasets.index_dataset("cpsc2018", tmp_path)
     assert m["source_path"].iloc[0] == "cpsc2018/A0001"
     assert (tmp_path / (m["source_path"].iloc[0] + ".hea")).is_file()
+
+
+# --------------------------------------------------------------------------- original CPSC2018 release
+
+
+def _write_original_release(root, names=None):
+    """The original CPSC2018 release rebuilt from the real CinC fixtures: one struct ``ECG`` ``.mat``
+    per record (the CinC signal in mV, sex and age) and ``REFERENCE.csv`` with the 1–9 codes of its
+    classes. The release holds the ``A`` records only (the ``Q`` ones are CPSC-Extra). Returns the
+    CinC-form manifest of the records written."""
+    import scipy.io
+
+    from supreme_ecg import formats
+
+    cinc_root = FIXTURES / "cinc2020" / "cpsc2018"
+    cinc = datasets.index_cinc(cinc_root, "cpsc2018")
+    stems = cinc["record_id"].str.split("/").str[1]
+    cinc = cinc[stems.isin(names) if names is not None else stems.str.startswith("A")].reset_index(drop=True)
+    cinc["split"] = cinc["record_id"].map(datasets.random_split(cinc["record_id"]))  # of these records
+    labels = datasets.task_labels(cinc, "cpsc2018").set_index("record_id")
+    number = {name: k for k, name in datasets.CPSC2018_REFERENCE_CLASSES.items()}
+    root.mkdir(parents=True)
+    rows = []
+    for row in cinc.itertuples():
+        name = row.record_id.split("/")[1]
+        record = formats.read_record(cinc_root / row.source_path)
+        scipy.io.savemat(str(root / f"{name}.mat"), {"ECG": {
+            "sex": {"M": "Male", "F": "Female"}[row.sex], "age": float(row.age),
+            "data": record.signal.astype(np.float64)}})
+        present = [number[c] for c in labels.columns[1:] if labels.at[row.record_id, c]]
+        rows.append({"Recording": name, **{col: (present[k] if k < len(present) else None)
+                                           for k, col in enumerate(["First_label", "Second_label", "Third_label"])}})
+    pd.DataFrame(rows).to_csv(root / datasets.CPSC2018_REFERENCE, index=False)
+    return cinc
+
+
+@needs_cinc
+def test_original_cpsc2018_release_indexes_like_the_cinc_copy(tmp_path):
+    cinc = _write_original_release(tmp_path / "cpsc2018")
+    assert datasets.is_cpsc2018_original(tmp_path / "cpsc2018")
+    assert not datasets.is_cpsc2018_original(FIXTURES / "cinc2020" / "cpsc2018")
+    original = datasets.index_dataset("cpsc2018", tmp_path)
+    assert list(original["record_id"]) == sorted(cinc["record_id"])
+    assert original["source_path"].iloc[0] == "cpsc2018/A0001.mat" and original["labelled"].all()
+    assert len(original) >= 10 and original["dx_codes"].map(len).min() >= 1
+    ours = datasets.task_labels(original, "cpsc2018").set_index("record_id").sort_index()
+    theirs = datasets.task_labels(cinc, "cpsc2018").set_index("record_id").sort_index()
+    pd.testing.assert_frame_equal(ours, theirs)  # same classes and the same random split
+    assert ours.drop(columns="split").to_numpy().sum(axis=1).min() == 1  # every record has a class
+
+
+@needs_cinc
+def test_original_cpsc2018_release_preprocesses_to_the_cinc_signal(tmp_path):
+    from supreme_ecg import formats
+    from supreme_ecg import preprocess as pp
+
+    cinc = _write_original_release(tmp_path / "cpsc2018", names=["A0001", "A0002"])
+    cfg = pp.PreprocessConfig()
+    for row in cinc.itertuples():
+        name = row.record_id.split("/")[1]
+        struct = formats.read_record(tmp_path / "cpsc2018" / f"{name}.mat")
+        assert struct.source_format == "cpsc2018_mat" and struct.sex == row.sex and struct.age == row.age
+        ours, _ = pp.preprocess_record(struct, cfg)
+        theirs, _ = pp.preprocess_record(formats.read_record(FIXTURES / "cinc2020" / "cpsc2018" / row.source_path), cfg)
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+@needs_cinc
+def test_original_cpsc2018_release_accounts_for_strays_and_rejects_bad_codes(tmp_path):
+    from supreme_ecg import preprocess as pp
+
+    root = tmp_path / "cpsc2018"
+    _write_original_release(root, names=["A0001", "A0002", "A0003"])
+    (root / "A0002.mat").rename(root / "A9000.mat")  # a .mat without a row, a row without its .mat
+    m = datasets.index_dataset("cpsc2018", tmp_path).set_index("record_id")
+    assert list(m.index) == ["cpsc2018/A0001", "cpsc2018/A0002", "cpsc2018/A0003", "cpsc2018/A9000"]
+    assert not m.at["cpsc2018/A9000", "labelled"] and list(m.at["cpsc2018/A9000", "dx_codes"]) == []
+    m.reset_index().to_parquet(tmp_path / "manifest.parquet")
+    counts = pp.preprocess_shard(tmp_path / "manifest.parquet", 0, 1, pp.PreprocessConfig(), tmp_path / "out.parquet",
+                                 tmp_path / "rejects.parquet", root=tmp_path)
+    rejects = pd.read_parquet(tmp_path / "rejects.parquet")
+    assert counts["n_written"] == 3 and list(rejects["record_id"]) == ["cpsc2018/A0002"]
+    assert list(rejects["reason"]) == ["missing_file"]
+    labels, dropped = datasets.task_labels_and_dropped(m.reset_index(), "cpsc2018")
+    assert dropped == 1 and "cpsc2018/A9000" not in set(labels["record_id"])
+    reference = pd.read_csv(root / datasets.CPSC2018_REFERENCE)
+    reference.loc[0, "Second_label"] = 10
+    reference.to_csv(root / datasets.CPSC2018_REFERENCE, index=False)
+    with pytest.raises(ValueError, match="A0001 has Second_label=10"):
+        datasets.index_dataset("cpsc2018", tmp_path)

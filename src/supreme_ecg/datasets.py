@@ -5,6 +5,7 @@ The same functions read the demo corpus and the real PhysioNet sets:
 * :func:`index_mimic` — MIMIC-IV-ECG (``record_list.csv`` + ``machine_measurements.csv``).
 * :func:`index_ptbxl` — PTB-XL (``ptbxl_database.csv``; splits from ``strat_fold``).
 * :func:`index_cinc` — CinC-form sets (CPSC2018, CSN): header text only, the benchmark's random split.
+* :func:`index_cpsc2018_original` — the original CPSC2018 release (struct ``.mat`` + ``REFERENCE.csv``).
 * :func:`task_labels` — one int8 column per class of a zero-shot task, codes matched exactly.
 * :func:`merl_compat_labels` — the same table from MERL's released split CSVs, used as they are
   (their labels and splits, defects included), to compare with published numbers;
@@ -151,6 +152,81 @@ def index_cinc(root, dataset: str) -> pd.DataFrame:
     return frame
 
 
+# --------------------------------------------------------------------------- original CPSC2018 release
+
+#: ``REFERENCE.csv`` label codes of the original CPSC2018 release → benchmark class names.
+CPSC2018_REFERENCE_CLASSES = {1: "NORM", 2: "AFIB", 3: "1AVB", 4: "CLBBB", 5: "CRBBB", 6: "PAC", 7: "VPC",
+                              8: "STD", 9: "STE"}
+CPSC2018_REFERENCE = "REFERENCE.csv"
+
+
+def _reference_codes(row: pd.Series, label_columns: list[str]) -> list[str]:
+    """SNOMED codes of one ``REFERENCE.csv`` row (each label as its class's first code)."""
+    by_name = {c.name: c for c in catalogue.task_classes("cpsc2018")}
+    codes = []
+    for column in label_columns:
+        value = row[column]
+        if pd.isna(value):
+            continue
+        number = float(value)
+        if not number.is_integer() or int(number) not in CPSC2018_REFERENCE_CLASSES:
+            raise ValueError(f"{CPSC2018_REFERENCE}: {row['Recording']} has {column}={value!r}; "
+                             f"the release uses 1-9 ({CPSC2018_REFERENCE_CLASSES})")
+        code = by_name[CPSC2018_REFERENCE_CLASSES[int(number)]].snomed[0]
+        if code not in codes:
+            codes.append(code)
+    return codes
+
+
+def index_cpsc2018_original(root) -> pd.DataFrame:
+    """Manifest of the original CPSC2018 release: ``A0001.mat`` (struct ``ECG``) + ``REFERENCE.csv``.
+
+    Labels 1–9 become the SNOMED codes of the CinC form (``dx_codes``), so task labels, splits and
+    record ids (``cpsc2018/A0001``) match :func:`index_cinc` on the CinC copy. Every ``.mat`` and
+    every ``REFERENCE.csv`` row is a manifest row: a ``.mat`` without a row has ``labelled`` False
+    (preprocessed, left out of the task labels and counted there); a row without a ``.mat`` is
+    rejected by preprocess as ``missing_file``. Age and sex live inside each ``.mat`` and are left
+    to the preprocess stage, so indexing reads only the CSV and the folder listing.
+    """
+    root = Path(root)
+    reference = pd.read_csv(root / CPSC2018_REFERENCE, dtype={"Recording": str})
+    missing = {"Recording", "First_label"} - set(reference.columns)
+    if missing:
+        raise ValueError(f"{root / CPSC2018_REFERENCE} lacks columns {sorted(missing)}")
+    reference["Recording"] = reference["Recording"].str.strip()
+    duplicated = reference["Recording"][reference["Recording"].duplicated()]
+    if len(duplicated):
+        raise ValueError(f"{root / CPSC2018_REFERENCE} lists {sorted(set(duplicated))[:5]} more than once")
+    label_columns = [c for c in reference.columns if c != "Recording"]
+    codes = {row["Recording"]: _reference_codes(row, label_columns) for _, row in reference.iterrows()}
+    mats = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(".mat"):
+                mats.setdefault(name[: -len(".mat")], (Path(dirpath) / name).relative_to(root).as_posix())
+    names = sorted(set(codes) | set(mats))
+    frame = pd.DataFrame({
+        "record_id": [f"cpsc2018/{name}" for name in names],
+        "dataset": "cpsc2018",
+        "source_path": [mats.get(name, f"{name}.mat") for name in names],
+        "dx_codes": [codes.get(name, []) for name in names],
+        "labelled": [name in codes for name in names],
+        "age": pd.array([pd.NA] * len(names), dtype="Int64"),
+        "sex": pd.Series([None] * len(names), dtype=object),
+    })
+    frame["split"] = frame["record_id"].map(random_split(frame["record_id"]))
+    return frame
+
+
+def is_cpsc2018_original(root) -> bool:
+    """Whether a CPSC2018 folder is the original release (``REFERENCE.csv``, no WFDB headers)."""
+    root = Path(root)
+    if not (root / CPSC2018_REFERENCE).is_file():
+        return False
+    return not any(name.endswith(".hea") for _, _, filenames in os.walk(root) for name in filenames)
+
+
 # --------------------------------------------------------------------------- task labels
 
 
@@ -187,9 +263,18 @@ def _snomed_names(codes: list[str], classes) -> set[str]:
 
 def task_labels_and_dropped(manifest: pd.DataFrame, task: str, scp_statements: pd.DataFrame | None = None
                             ) -> tuple[pd.DataFrame, int]:
-    """(labels, n_dropped): record_id, split, one int8 column per class; drops by the ≥1-label rule."""
+    """(labels, n_dropped): record_id, split, one int8 column per class.
+
+    Drops records by the ≥1-label rule and records a manifest marks ``labelled`` False (no
+    reference labels at all); ``n_dropped`` counts both.
+    """
     spec = catalogue.benchmark()["tasks"][task]
     classes = catalogue.task_classes(task)
+    n_unlabelled = 0
+    if "labelled" in manifest:
+        labelled = manifest["labelled"].fillna(True).astype(bool).to_numpy()
+        n_unlabelled = int((~labelled).sum())
+        manifest = manifest[labelled]
     if spec["label_source"] == "snomed":
         names = [_snomed_names(_code_list(v), classes) for v in manifest["dx_codes"]]
     else:
@@ -199,9 +284,9 @@ def task_labels_and_dropped(manifest: pd.DataFrame, task: str, scp_statements: p
     for cls in classes:
         labels[cls.name] = np.fromiter((cls.name.strip("_") in n for n in names), np.int8, len(names))
     if spec["dataset"] not in MIN_ONE_LABEL_DATASETS:
-        return labels, 0
+        return labels, n_unlabelled
     keep = labels[[c.name for c in classes]].to_numpy().any(axis=1)
-    return labels[keep].reset_index(drop=True), int((~keep).sum())
+    return labels[keep].reset_index(drop=True), int((~keep).sum()) + n_unlabelled
 
 
 def task_labels(manifest: pd.DataFrame, task: str, scp_statements: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -339,6 +424,8 @@ def index_dataset(dataset: str, data_root) -> pd.DataFrame:
         manifest = index_mimic(set_root)
     elif dataset == "ptbxl":
         manifest = index_ptbxl(set_root)
+    elif dataset == "cpsc2018" and is_cpsc2018_original(set_root):
+        manifest = index_cpsc2018_original(set_root)
     else:
         manifest = index_cinc(set_root, dataset)
     manifest["source_path"] = folder + "/" + manifest["source_path"]
