@@ -423,6 +423,34 @@ def test_verify_local_needs_manifest(tmp_path):
         verify_local(download.get_source("csn"), tmp_path, progress=False)
 
 
+def test_local_copy_without_sums_uses_the_command_the_error_gives(tmp_path):
+    """The original CPSC2018 release ships no SHA256SUMS: the error's command records them, and
+    verification then uses them whole (the challenge-2020 sub-folder prefix does not apply)."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "cpsc2018"
+    (folder / "extra").mkdir(parents=True)
+    (folder / "REFERENCE.csv").write_text("Recording,First_label\nA0001,1\n")
+    (folder / "A0001.mat").write_bytes(b"\1" * 300)
+    (folder / "extra" / "A0002.mat").write_bytes(b"\2" * 300)
+    src = download.get_source("cpsc2018")
+    with pytest.raises(DownloadError) as err:
+        verify_local(src, folder, progress=False)
+    command = str(err.value).split("record its sums once: ", 1)[1]
+    if shutil.which("xargs") is None or shutil.which("sha256sum") is None:
+        pytest.skip("find/xargs/sha256sum (GNU coreutils) not on PATH")
+    subprocess.run(command, shell=True, check=True, timeout=30)
+    rep = verify_local(src, folder, progress=False)
+    assert rep.verified == 3 and not rep.failures
+    (folder / "extra" / "A0002.mat").write_bytes(b"\3" * 300)
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        verify_local(src, folder, progress=False)
+    (folder / "SHA256SUMS.txt").write_text("# nothing listed\n")
+    with pytest.raises(DownloadError, match="lists no file to verify"):
+        verify_local(src, folder, progress=False)
+
+
 def test_cli_fetch_and_local(fake, ptbxl, tmp_path, capsys):
     src, files, root = ptbxl
     base = ["--dataset", "ptbxl", "--base-url", fake.url + "files/", "--no-progress"]

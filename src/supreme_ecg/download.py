@@ -494,13 +494,25 @@ def verify_local(source: DatasetSource, dest: str | os.PathLike,
                  include: Sequence[str] | None = None,
                  manifest: str | os.PathLike | None = None,
                  progress: bool = True) -> DownloadReport:
-    """Check a folder the user already has against its manifest; never modifies the folder."""
+    """Check a folder the user already has against its manifest; never modifies the folder.
+
+    The source's sub-folder prefix applies when the manifest lists paths under it (PhysioNet's
+    project-wide SHA256SUMS); a manifest made in the folder itself (e.g. for the original CPSC2018
+    release, which ships none) is used whole. A manifest that lists no file is an error.
+    """
     dest = Path(dest)
     sums = Path(manifest) if manifest else dest / source.manifest
     if not sums.is_file():
-        raise DownloadError(f"{source.name}: no checksum manifest at {sums}")
-    entries = select_entries(parse_manifest(sums.read_text(encoding="utf-8")), source.prefix,
-                             include, source.manifest)
+        raise DownloadError(
+            f"{source.name}: no checksum manifest at {sums}. For a copy that came without one, record "
+            f"its sums once: cd {dest} && find . -type f ! -name '.supreme_*' ! -name {source.manifest} "
+            f"-printf '%P\\0' | xargs -0 sha256sum > {source.manifest}")
+    listed = parse_manifest(sums.read_text(encoding="utf-8"))
+    prefix = source.prefix if source.prefix and any(rel.startswith(source.prefix) for _, rel in listed) else None
+    entries = select_entries(listed, prefix, include, source.manifest)
+    if not entries:
+        raise DownloadError(f"{source.name}: {sums} lists no file to verify"
+                            + (f" matching {list(include)}" if include else ""))
     report = DownloadReport(source.name, str(dest), str(dest), files=len(entries))
     t0 = time.monotonic()
     for sha, rel in tqdm(entries, desc=f"verify {source.name}", unit="file",
