@@ -255,3 +255,13 @@ def test_mat_shape_mismatch_and_corrupt_mat(tmp_path):
     with pytest.raises(formats.RecordReadError) as err:
         formats.read_record(hea)
     assert err.value.reason == "mat_unreadable"
+
+
+def test_reorder_by_name_permutes_copies_only_when_needed():
+    canonical = np.arange(12 * 4, dtype=np.float32).reshape(12, 4)
+    same, sources, derived = reorder_by_name(canonical, [name.upper() for name in CANONICAL_LEADS])
+    assert same is canonical and derived == [] and sources[3] == "AVR"
+    mimic_order = [0, 1, 2, 3, 5, 4, *range(6, 12)]  # I, II, III, aVR, aVF, aVL, V1-V6
+    swapped, sources, _ = reorder_by_name(canonical[mimic_order], [CANONICAL_LEADS[i] for i in mimic_order])
+    np.testing.assert_array_equal(swapped, canonical)
+    assert sources == list(CANONICAL_LEADS)

@@ -47,7 +47,7 @@ def reorder_by_name(
     derived from I and II (listed in ``derived``); a missing precordial lead, or a missing limb lead
     when I or II is absent, raises :class:`MissingLeadsError`. Extra leads (e.g. PTB's Frank
     leads) are ignored. ``source_names`` gives, per canonical row, the header name it came from
-    (or ``"derived"``).
+    (or ``"derived"``). A signal already in canonical order is returned as it is (not copied).
     """
     index: dict[str, int] = {}
     for row, name in enumerate(lead_names):
@@ -64,6 +64,12 @@ def reorder_by_name(
             raise MissingLeadsError(f"missing limb leads {missing_limb} and cannot derive without I and II")
         limb = derive_limb_leads(signal[index["I"]], signal[index["II"]])
         derived_rows = {name: limb[name] for name in missing_limb}
+    if not missing_limb:
+        rows = [index[name] for name in CANONICAL_LEADS]
+        sources = [lead_names[row] for row in rows]
+        if rows == list(range(12)) and signal.shape[0] == 12:
+            return signal, sources, []
+        return signal[rows], sources, []
     out = np.empty((12, signal.shape[1]), dtype=signal.dtype)
     sources: list[str] = []
     for row, name in enumerate(CANONICAL_LEADS):
