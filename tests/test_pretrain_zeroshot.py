@@ -262,3 +262,49 @@ def test_query_bank_samples_each_labels_own_phrasings(minilm):
     plain = QueryBank(counting, ["atrial fibrillation"], ["atrial_fibrillation"],
                       PretrainConfig(query_synonyms=False), "cpu")
     assert plain.count.tolist() == [1]
+
+
+# --------------------------------------------------------------------------- CUDA (where a GPU is present)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device here; these run on a machine with a GPU")
+
+
+class HashEncoder:
+    """Stand-in frozen text encoder: one fixed random unit vector per text (seeded by its SHA-256),
+    for machines that hold no packaged model; what it checks is the device handling, not the text."""
+
+    name, pooling = "hash-test-encoder", "mean"
+
+    def encode(self, texts) -> torch.Tensor:
+        """(n, 64) float32 on the CPU, like TextEncoder.encode."""
+        import hashlib
+
+        rows = [torch.randn(64, generator=torch.Generator().manual_seed(
+            int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "big"))) for t in texts]
+        return torch.nn.functional.normalize(torch.stack(rows), dim=1)
+
+
+@needs_cuda
+def test_pretrain_on_cuda_learns_resumes_on_cpu_and_scores_alike(toy, tmp_path):
+    """Train on the GPU; the checkpoint loads on the CPU (weights_only) and training resumes there;
+    zero-shot scores on the GPU equal those on the CPU."""
+    encoder = HashEncoder()
+    gpu = run(toy, tmp_path / "run", replace(CFG, device="cuda"), encoder)
+    assert gpu["device"].startswith("cuda") and gpu["start_epoch"] == 0
+    assert pd.read_parquet(tmp_path / "run" / "metrics.parquet")["val_macro_auc"].iloc[-1] > 0.9
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    assert all(t.device.type == "cpu" for t in ckpt["model_state"].values())
+    cpu = run(toy, tmp_path / "run", replace(CFG, epochs=CFG.epochs + 2, device="cpu"), encoder)
+    assert cpu["device"] == "cpu" and cpu["start_epoch"] == CFG.epochs
+    assert pd.read_parquet(tmp_path / "run" / "metrics.parquet")["epoch"].tolist() == list(range(1, CFG.epochs + 3))
+    write_task_labels(toy, tmp_path / "cpsc2018.parquet")
+    scores = {}
+    for device in ("cuda", "cpu"):
+        evaluate_task("cpsc2018", tmp_path / "run" / CHECKPOINT, toy["shards"], tmp_path / "cpsc2018.parquet",
+                      toy["vocabulary"], tmp_path / device, splits=("test",), text_encoder=encoder, device=device)
+        scores[device] = pd.read_parquet(tmp_path / device / "scores.parquet")
+    assert scores["cuda"]["record_id"].tolist() == scores["cpu"]["record_id"].tolist()
+    np.testing.assert_allclose(scores["cuda"].iloc[:, 2:].to_numpy(), scores["cpu"].iloc[:, 2:].to_numpy(), atol=1e-4)
+    by = pd.read_parquet(tmp_path / "cuda" / "per_class.parquet").set_index("class")
+    assert by.loc["AFIB", "auc"] > 0.9
