@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,8 @@ def test_shard_of_is_stable_across_processes():
     assert set(here) <= set(range(7)) and len(set(here)) > 3
     code = "from supreme_ecg.preprocess import shard_of; print([shard_of(f'rec{i}', 7) for i in range(50)])"
     env = {"PYTHONHASHSEED": "123", "PATH": ""}
+    if "PYTHONPATH" in os.environ:  # a source checkout run without installing the package
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == str(here)
 

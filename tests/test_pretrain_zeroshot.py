@@ -305,6 +305,8 @@ def test_pretrain_on_cuda_learns_resumes_on_cpu_and_scores_alike(toy, tmp_path):
                       toy["vocabulary"], tmp_path / device, splits=("test",), text_encoder=encoder, device=device)
         scores[device] = pd.read_parquet(tmp_path / device / "scores.parquet")
     assert scores["cuda"]["record_id"].tolist() == scores["cpu"]["record_id"].tolist()
-    np.testing.assert_allclose(scores["cuda"].iloc[:, 2:].to_numpy(), scores["cpu"].iloc[:, 2:].to_numpy(), atol=1e-4)
-    by = pd.read_parquet(tmp_path / "cuda" / "per_class.parquet").set_index("class")
-    assert by.loc["AFIB", "auc"] > 0.9
+    # cuDNN convolutions use TF32 by default: probabilities agree to about 1e-3, not bit for bit
+    np.testing.assert_allclose(scores["cuda"].iloc[:, 2:].to_numpy(), scores["cpu"].iloc[:, 2:].to_numpy(), atol=5e-3)
+    auc = {d: pd.read_parquet(tmp_path / d / "per_class.parquet").set_index("class")["auc"] for d in scores}
+    np.testing.assert_allclose(auc["cuda"].to_numpy(), auc["cpu"].to_numpy(), atol=0.01)
+    assert auc["cuda"]["AFIB"] > 0.9
