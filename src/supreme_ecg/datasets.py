@@ -160,9 +160,8 @@ CPSC2018_REFERENCE_CLASSES = {1: "NORM", 2: "AFIB", 3: "1AVB", 4: "CLBBB", 5: "C
 CPSC2018_REFERENCE = "REFERENCE.csv"
 
 
-def _reference_codes(row: pd.Series, label_columns: list[str]) -> list[str]:
-    """SNOMED codes of one ``REFERENCE.csv`` row (each label as its class's first code)."""
-    by_name = {c.name: c for c in catalogue.task_classes("cpsc2018")}
+def _reference_codes(row: pd.Series, label_columns: list[str], code_of: dict[str, str]) -> list[str]:
+    """SNOMED codes of one ``REFERENCE.csv`` row (``code_of``: class name → its first SNOMED code)."""
     codes = []
     for column in label_columns:
         value = row[column]
@@ -172,7 +171,7 @@ def _reference_codes(row: pd.Series, label_columns: list[str]) -> list[str]:
         if not number.is_integer() or int(number) not in CPSC2018_REFERENCE_CLASSES:
             raise ValueError(f"{CPSC2018_REFERENCE}: {row['Recording']} has {column}={value!r}; "
                              f"the release uses 1-9 ({CPSC2018_REFERENCE_CLASSES})")
-        code = by_name[CPSC2018_REFERENCE_CLASSES[int(number)]].snomed[0]
+        code = code_of[CPSC2018_REFERENCE_CLASSES[int(number)]]
         if code not in codes:
             codes.append(code)
     return codes
@@ -198,7 +197,8 @@ def index_cpsc2018_original(root) -> pd.DataFrame:
     if len(duplicated):
         raise ValueError(f"{root / CPSC2018_REFERENCE} lists {sorted(set(duplicated))[:5]} more than once")
     label_columns = [c for c in reference.columns if c != "Recording"]
-    codes = {row["Recording"]: _reference_codes(row, label_columns) for _, row in reference.iterrows()}
+    code_of = {c.name: c.snomed[0] for c in catalogue.task_classes("cpsc2018")}
+    codes = {row["Recording"]: _reference_codes(row, label_columns, code_of) for _, row in reference.iterrows()}
     mats = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
