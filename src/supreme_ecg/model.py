@@ -31,6 +31,14 @@ HEAD_DEFAULTS = {"text_dim": 384, "d_model": 96, "n_heads": 4, "hidden": 96, "dr
 # --------------------------------------------------------------------------- ECG encoder
 
 
+def _settings(config: dict, defaults: dict, what: str) -> dict:
+    """``defaults`` updated with ``config``; a key ``defaults`` lacks is an error."""
+    unknown = set(config) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {what} settings {sorted(unknown)}")
+    return {**copy.deepcopy(defaults), **config}
+
+
 class ResBlock1d(nn.Module):
     """Basic residual block: two conv-BN layers (the first strided) and a projected shortcut."""
 
@@ -68,10 +76,7 @@ class ECGEncoder(nn.Module):
     def __init__(self, **config):
         """Build from keyword settings (see ``ECG_DEFAULTS``)."""
         super().__init__()
-        unknown = set(config) - set(ECG_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown ECG encoder settings {sorted(unknown)}")
-        self.config = {**copy.deepcopy(ECG_DEFAULTS), **config}
+        self.config = _settings(config, ECG_DEFAULTS, "ECG encoder")
         c = self.config
         widths = stage_widths(int(c["width"]))
         self.stem = nn.Sequential(
@@ -184,10 +189,7 @@ class QueryFusionHead(nn.Module):
     def __init__(self, **config):
         """Build from keyword settings (see ``HEAD_DEFAULTS``)."""
         super().__init__()
-        unknown = set(config) - set(HEAD_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown head settings {sorted(unknown)}")
-        self.config = {**copy.deepcopy(HEAD_DEFAULTS), **config}
+        self.config = _settings(config, HEAD_DEFAULTS, "head")
         c = self.config
         d = int(c["d_model"])
         self.query_proj = nn.Sequential(nn.Linear(c["text_dim"], d), nn.LayerNorm(d))
