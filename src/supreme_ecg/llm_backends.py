@@ -4,7 +4,7 @@ Both backends implement :class:`~supreme_ecg.extract.ExtractionBackend` and shar
 :class:`ChatBackend`'s machinery:
 
 * one chat request per unit, the prompt of :func:`~supreme_ecg.extract.render_prompt` (a versioned
-  file), temperature 0, a fixed seed and the answer's JSON Schema as the constrained output format
+  file that lists no vocabulary: names are free text, the schema constrains structure), temperature 0, a fixed seed and the answer's JSON Schema as the constrained output format
   (Ollama ``format=``, OpenAI ``response_format={"type": "json_schema", ...}``);
 * transport failures (connection refused or dropped, time-outs, HTTP 5xx/429/408) are retried with
   exponential back-off up to ``max_retries`` times; other HTTP errors are not retried;
@@ -14,6 +14,10 @@ Both backends implement :class:`~supreme_ecg.extract.ExtractionBackend` and shar
   entities (nothing is invented), the stage does not cache it and asks again on the next run;
 * ``concurrency`` requests are in flight at once (a thread pool); :meth:`ChatBackend.extract_as_completed`
   yields each answer as soon as it is finished so the stage can commit it to the cache at once;
+* ``identity`` (part of every cache key) is the served model's identity — Ollama's digest of the
+  pulled model from ``/api/tags``, the OpenAI-compatible server's model entry (id, root, created) —
+  and the SHA-256 of the prompt text and answer schema: re-pulling a model or editing the prompt
+  never reuses an old answer;
 * :meth:`ChatBackend.check` runs at start: the server must answer and serve the model, otherwise
   :class:`BackendUnavailable` says how to start it; ``max_consecutive_failures`` units in a row that
   fail at the transport level stop the stage the same way (the server went away midway).
@@ -29,6 +33,7 @@ from the environment variable *named* by ``api_key_env`` (default ``OPENAI_API_K
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
@@ -41,15 +46,16 @@ from typing import Iterator
 
 import httpx
 
-from supreme_ecg.extract import (
+from supreme_ecg.extract.answers import (
     ANSWER_SCHEMA,
     PROMPT_VERSION,
     Answer,
     AnswerError,
-    ExtractionBackend,
+    prompt_fingerprint,
     render_prompt,
     validate_answer,
 )
+from supreme_ecg.extract.backends import ExtractionBackend
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,7 @@ RETRY_STATUS = frozenset({408, 425, 429})
 REPAIR_MESSAGE = (
     "Your answer is invalid: {error}\n"
     "Answer again for the same statement with a single JSON object, and nothing else, that validates "
-    "against the JSON Schema given above. Every \"text\" must be copied verbatim from the statement and every "
-    "\"concept\" must be an id of the vocabulary or \"unmapped\"."
+    "against the JSON Schema given above. Every \"text\" must be copied verbatim from the statement."
 )
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
@@ -128,13 +133,21 @@ class ChatBackend:
         self._lock = threading.Lock()
         self._consecutive_failures = 0
         self._stop = threading.Event()
+        self._model_identity: str | None = None
         render_prompt("", prompt_version)  # fail now if the prompt version does not exist
 
     # ------------------------------------------------------------------ subclass hooks
 
     def check(self) -> None:
-        """Raise :class:`BackendUnavailable` unless the server answers and serves ``model``."""
+        """Raise :class:`BackendUnavailable` unless the server answers and serves ``model``; note its identity."""
         raise NotImplementedError
+
+    @property
+    def identity(self) -> str:
+        """The served model's identity and the prompt's hash (asks the server once if :meth:`check` did not)."""
+        if self._model_identity is None:
+            self.check()
+        return f"{self._model_identity}|{prompt_fingerprint(self.prompt_version)}"
 
     def _chat(self, messages: list[dict]) -> str:
         """One chat request; the assistant's text. Raises :class:`_Transient` or :class:`_Permanent`."""
@@ -257,12 +270,12 @@ class ChatBackend:
         return f"{type(self).__name__}(model={self.model!r}, host={self.host!r}, concurrency={self.concurrency})"
 
 
-def _model_served(model: str, served: list[str]) -> bool:
-    """Whether ``model`` is among the served names (``name`` and ``name:latest`` are the same model)."""
+def _model_served(model: str, served: list[str]) -> str | None:
+    """The served name that is ``model`` (``name`` and ``name:latest`` are the same model), or None."""
     want = {model, model + ":latest"} if ":" not in model else {model}
     if model.endswith(":latest"):
         want.add(model[: -len(":latest")])
-    return bool(want & set(served))
+    return next((name for name in served if name in want), None)
 
 
 # --------------------------------------------------------------------------- Ollama
@@ -304,12 +317,15 @@ class OllamaBackend(ChatBackend):
         except self._ollama.ResponseError as exc:
             raise BackendUnavailable(f"Ollama server at {self.host} answered /api/tags with {exc.status_code}: "
                                      f"{exc.error}. {how}.") from None  # fmt: skip
-        served = [m.model for m in listing.models if m.model]
-        if not _model_served(self.model, served):
+        served = {m.model: m for m in listing.models if m.model}
+        name = _model_served(self.model, list(served))
+        if not name:
             raise BackendUnavailable(
                 f"model {self.model!r} is not pulled on the Ollama server at {self.host}: run `ollama pull {self.model}` "
                 f"(pulled: {', '.join(sorted(served)) or 'none'})."
             )
+        entry = served[name]
+        self._model_identity = entry.digest or f"{name}@{entry.modified_at}"
 
     def _chat(self, messages: list[dict]) -> str:
         try:
@@ -379,14 +395,17 @@ class OpenAICompatibleBackend(ChatBackend):
         if r.status_code != 200:
             raise BackendUnavailable(f"server at {self.host} answered /models with {r.status_code}. {how}.")
         try:
-            served = [m["id"] for m in r.json()["data"]]
+            served = {m["id"]: m for m in r.json()["data"]}
         except (ValueError, KeyError, TypeError):
             raise BackendUnavailable(f"server at {self.host} does not speak the OpenAI /models API. {how}.") from None
-        if not _model_served(self.model, served):
+        name = _model_served(self.model, list(served))
+        if not name:
             raise BackendUnavailable(
                 f"model {self.model!r} is not served at {self.host} (served: {', '.join(sorted(served)) or 'none'}); "
                 "start the server with that model or set extract.model to one of these."
             )
+        entry = served[name]
+        self._model_identity = json.dumps({k: entry.get(k) for k in ("id", "root", "created")}, sort_keys=True)
 
     def _chat(self, messages: list[dict]) -> str:
         body = {
@@ -445,6 +464,10 @@ class FallbackBackend:
     @property
     def prompt_version(self) -> str:
         return self.active.prompt_version
+
+    @property
+    def identity(self) -> str:
+        return getattr(self.active, "identity", "")
 
     @property
     def stats(self) -> Counter:

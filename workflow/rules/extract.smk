@@ -1,11 +1,11 @@
-"""Extract: report statements -> entities -> standardised multi-hot labels (cached answers)."""
+"""Extract: report statements -> open entities -> standardised multi-hot labels (cached answers)."""
 
 EXTRACT_OUTPUTS = [
     "entities",
     "records",
+    "entity_clusters",
     "label_vocabulary",
     "labels",
-    "unmapped",
     "quarantine",
 ]
 #: extract settings that configure the backend (the rest are stage settings)
@@ -28,7 +28,7 @@ BACKEND_KEYS = [
 
 rule extract_entities:
     input:
-        manifest="results/manifests/mimic.parquet",
+        manifest="results/manifests/pretrain_corpus.parquet",
     output:
         **{
             name: f"results/extract/{name}.parquet"
@@ -52,14 +52,17 @@ rule extract_entities:
         uncertain_policy=config["extract"]["uncertain_policy"],
         min_label_count=config["extract"]["min_label_count"],
         cache_dir=config["extract"]["cache_dir"],
+        merge_threshold=config["extract"]["merge_threshold"],
+        text_encoder=config["pretrain"]["text_encoder"],
         backend_options=json.dumps(
             {k: v for k, v in config["extract"].items() if k in BACKEND_KEYS},
             sort_keys=True,
         ),
     shell:
-        "python -m supreme_ecg.cli extract --manifest {input.manifest} --out-dir results/extract"
+        "python -m supreme_ecg.cli extract --reports {input.manifest} --out results/extract"
         " --backend {params.backend} --unit {params.unit}"
         " --uncertain-policy {params.uncertain_policy}"
         " --min-label-count {params.min_label_count} --cache-dir {params.cache_dir}"
+        " --text-encoder {params.text_encoder:q} --merge-threshold {params.merge_threshold}"
         " --backend-options {params.backend_options:q}"
         " > {log} 2>&1"

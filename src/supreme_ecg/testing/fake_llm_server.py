@@ -5,10 +5,10 @@ Endpoints: Ollama ``GET /api/tags`` and ``POST /api/chat``; OpenAI ``GET /v1/mod
 user message (the prompt of :func:`supreme_ecg.extract.render_prompt`). How the server answers
 depends on the unit and on how often that unit was asked before (see :data:`MODES`):
 
-``valid``             the :class:`~supreme_ecg.extract.LexiconBackend`'s answer (meaningful entities)
+``valid``             the offline :class:`~supreme_ecg.extract.lexicon.LexiconBackend`'s answer
 ``broken_json``       a truncated JSON text
 ``schema_violation``  JSON with a polarity outside the schema's enum
-``inject``            an "obedient" answer to a prompt injection: concept ``pwned`` on a real span
+``inject``            an "obedient" answer to a prompt injection: name ``pwned`` on a real span
 ``invent``            an entity whose text is not in the unit (invented)
 ``error_500``         HTTP 500
 ``slow``              waits ``slow_s`` (longer than the client's time-out), then answers validly
@@ -56,11 +56,15 @@ class FakeLLMServer:
         script: Script | None = None,
         slow_s: float = 2.0,
         served_models: list[str] | None = None,
+        digest: str = "0" * 64,
     ):
         """``script`` maps a unit to a mode or to a list of modes by attempt (the last one repeats),
-        or is a function ``(unit, n_previous_calls) -> mode``; other units get ``default_mode``."""
+        or is a function ``(unit, n_previous_calls) -> mode``; other units get ``default_mode``.
+        ``digest`` is the model digest ``/api/tags`` reports and the weights folder (``root``) of
+        ``/v1/models`` (change it to mimic a re-pulled model)."""
         self.model = model
         self.served_models = served_models if served_models is not None else [model]
+        self.digest = digest
         self.latency_s = float(latency_s)
         self.default_mode = _checked(default_mode)
         self.script: Script = script or {}
@@ -79,9 +83,10 @@ class FakeLLMServer:
 
     def start(self) -> "FakeLLMServer":
         """Bind 127.0.0.1 on a free port and serve in a daemon thread."""
-        from supreme_ecg.extract import LexiconBackend
+        from supreme_ecg.extract.lexicon import LexiconBackend
 
         self._lexicon = LexiconBackend()
+        self._lexicon.extract(["sinus rhythm"])  # compile its rules now, not inside a timed request
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.fake = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -146,19 +151,22 @@ class FakeLLMServer:
         if mode == "broken_json":
             return '{"entities": [{"text": "' + unit[:12]
         if mode == "schema_violation":
-            return json.dumps({"entities": [{"text": unit, "concept": "sinus_rhythm", "polarity": "positive",
-                                             "category": "rhythm"}]})  # fmt: skip
+            return json.dumps({"entities": [_item(unit, "sinus rhythm", "rhythm", polarity="positive")]})
         if mode == "inject":
-            return json.dumps({"entities": [{"text": unit, "concept": "pwned", "polarity": "present",
-                                             "category": "other"}]})  # fmt: skip
+            return json.dumps({"entities": [_item(unit, "pwned", "other")]})
         if mode == "invent":
-            return json.dumps({"entities": [{"text": "pwned by the report", "concept": "st_elevation",
-                                             "polarity": "present", "category": "ischaemia_infarction"}]})  # fmt: skip
+            return json.dumps({"entities": [_item("pwned by the report", "st elevation", "ischaemia_infarction")]})
         return self._lexicon.extract([unit])[0].raw
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless the server stops; True if it stopped."""
         return self._stopping.wait(seconds) if seconds > 0 else self._stopping.is_set()
+
+
+def _item(text: str, name: str, category: str, polarity: str = "present") -> dict:
+    """One answer entity without qualifiers."""
+    return {"text": text, "name": name, "polarity": polarity, "category": category,
+            "qualifiers": {"leads": [], "acuity": "", "severity": ""}}  # fmt: skip
 
 
 def _checked(mode: str) -> str:
@@ -229,11 +237,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._count(path)
         if path == "/api/tags":
-            models = [{"name": m, "model": m, "modified_at": "2025-01-01T00:00:00Z", "size": 1, "digest": "0" * 64,
+            models = [{"name": m, "model": m, "modified_at": "2025-01-01T00:00:00Z", "size": 1, "digest": fake.digest,
                        "details": {"format": "gguf", "family": "fake"}} for m in fake.served_models]  # fmt: skip
             self._send(200, {"models": models})
         elif path == "/v1/models":
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in fake.served_models]
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake", "root": f"/models/{fake.digest}"}
+                    for m in fake.served_models]  # fmt: skip
             self._send(200, {"object": "list", "data": data})
         else:
             self._send(404, {"error": f"no route {path}"})
