@@ -1,14 +1,18 @@
 """The demo stage: a miniature of MIMIC-IV-ECG, PTB-XL, CPSC2018 and CSN in their real formats.
 
-:func:`generate_demo` plans conditions per record (one rhythm concept plus 0–2 findings among the
-renderable concepts of ``concepts.yaml``, never two that set the same synthesiser knob), samples
-knobs from the concepts' ``render`` ranges, renders the signals with :mod:`supreme_ecg.demo.synth`
-and writes each set in its PhysioNet layout with the project's writers (:mod:`supreme_ecg.formats`),
-so exactly the loaders that read PhysioNet read the demo. Labels come from the concepts present:
-PTB-XL ``scp_codes`` from their SCP codes, CPSC2018/CSN ``#Dx`` from their SNOMED codes; reports
-are machine statements built from their synonyms. ``unseen_concepts`` are rendered in pre-training
-signals but never named in pre-training reports (a generic statement replaces theirs), so the demo
-shows zero-shot transfer. ``demo_truth.parquet`` records every record's concepts and defect.
+:func:`generate_demo` plans conditions per record (one rhythm plus 0–2 findings among the
+renderable conditions of the demo's world, :mod:`supreme_ecg.demo.conditions`, never two that set
+the same synthesiser knob), samples knobs from the conditions' ``render`` ranges, renders the
+signals with :mod:`supreme_ecg.demo.synth` and writes each set in its PhysioNet layout with the
+project's writers (:mod:`supreme_ecg.formats`), so exactly the loaders that read PhysioNet read the
+demo. Downstream labels come from the conditions present: PTB-XL ``scp_codes`` from their SCP
+codes, CPSC2018/CSN ``#Dx`` from their SNOMED codes. The pre-training set reads like MIMIC-IV-ECG:
+prevalences, machine statements ("Sinus rhythm with borderline 1st degree A-V block", "Possible
+anterior infarct - age undetermined", "Borderline ECG", "*** ... ***") and headers (gain 200/mV,
+time and date on the record line, the subject comment) as the real ones are written.
+``unseen_concepts`` are rendered in pre-training signals but never named in pre-training reports
+(an unnamed rhythm statement replaces a rhythm, a finding is left out), so the demo shows zero-shot
+transfer. ``demo_truth.parquet`` records every record's conditions and defect.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from supreme_ecg import catalogue, datasets, formats
+from supreme_ecg.demo.conditions import Condition, conditions
 from supreme_ecg.leads import CANONICAL_LEADS, MIMIC_LEAD_ORDER, canonical_lead_name
 
 FS = 500
@@ -60,7 +65,7 @@ MILD = frozenset({
     "low_t_wave", "t_wave_abnormality", "nonspecific_st_t_abnormality", "premature_atrial_complexes",
     "high_qrs_voltage", "low_qrs_voltage", "early_repolarization", "u_wave", "sinus_arrhythmia",
 })
-NEGATABLE = ("st_elevation", "st_depression", "left_ventricular_hypertrophy", "t_wave_inversion", "long_qt")
+MILD_MIMIC = MILD | {"premature_ventricular_complexes", "borderline_pr"}
 DEFECT_KINDS = ("nan_long", "nan_short", "flat", "truncated")
 #: Share of records per non-sinus rhythm and per finding; floor of positives per concept and set.
 SHARE = 0.025
@@ -78,6 +83,27 @@ PHYSIO = {
 QTC_MS = (390.0, 440.0)
 POOR_QUALITY = "*** Poor data quality, interpretation may be adversely affected"
 HEDGES = ("Possible ", "Probable ", "Cannot rule out ", "Consider ")
+# MIMIC-IV-ECG wording not tied to one condition (the conditions' own is in conditions.yaml).
+#: Hedge words of MIMIC statements and their weights.
+MIMIC_HEDGES = {"Possible ": 6.0, "Cannot rule out ": 2.0, "Probable ": 1.5, "Consider ": 1.0}
+#: Statement for a rhythm that must not be named (an unseen rhythm).
+UNNAMED_RHYTHM = {"Undetermined rhythm": 3.0, "Unknown rhythm": 1.0, "Abnormal rhythm": 1.0}
+#: Words for ``st_region`` 0 (lateral), 1 (inferior), 2 (anterior) in "{region} ST elevation".
+ST_REGION_WORDS = ({"Lateral": 3.0, "Anterolateral": 1.0}, {"Inferior": 1.0},
+                   {"Anteroseptal": 3.0, "Septal": 1.0})
+LEAD_LINES = {"Lead(s) unsuitable for analysis: {lead}": 3.0, "Possible faulty {lead} - omitted from analysis": 1.0}
+PACED_STOP = "No further analysis attempted due to paced rhythm"
+BORDERLINE_AV = "borderline 1st degree A-V block"
+#: Ectopy and A-V block said after "Sinus rhythm with ...", in this order.
+RHYTHM_MODIFIERS = ("premature_ventricular_complexes", "ventricular_bigeminy", "premature_atrial_complexes",
+                    "second_degree_av_block", "first_degree_av_block")
+#: Shares of the MIMIC report styles and variants.
+MIMIC_STYLE = {"paced_stop": 0.5, "implied_said": 0.3, "no_verdict": 0.05, "upper_vendor": 0.03,
+               "rhythm_period": 0.1, "lead_line": 0.5, "lead_line_any": 0.01,
+               "ectopy_otherwise_normal": 0.3}
+#: Physiological variants of the pre-training set: share among eligible records.
+VARIANT_SHARE = {"borderline_pr": 0.06, "rbbb_lafb": 0.35}
+MARKED_BRADY_BPM = 40.0
 SET_FOLDERS = datasets.DATASET_FOLDERS
 PTBXL_LEADS = tuple(name.upper() for name in CANONICAL_LEADS)
 _MIMIC_ROWS = [CANONICAL_LEADS.index(name) for name in MIMIC_LEAD_ORDER]
@@ -87,7 +113,6 @@ flattening long prolongation infarct mi old age undetermined - anteroseptal isch
 inferolateral contractions complex extrasystoles ectopic paroxysmal electronic pacemaker preexcitation pre-excitation
 parkinson white wolff within limits no definite pathology ekg irregularity abnormal repolarisation benign frontal
 horizontal the a fib aflutter a-fib a-flutter disturbance hemiblock af lbbb rbbb lvh elevations depressions""".split()
-_ACRONYMS = {"st", "qt", "av", "a-v", "qrs", "ecg", "ekg", "pr", "t", "u", "p", "q", "st-t", "mi", "lvh", "af"}
 
 
 @dataclass
@@ -97,15 +122,17 @@ class Plan:
     rendered: list[str]
     concepts: list[str]
     hedged: set[str] = field(default_factory=set)
+    #: Pre-training variants: ``borderline_pr`` (PR 202–218 ms), ``rbbb_lafb`` (RBBB with a -60° axis).
+    variants: set[str] = field(default_factory=set)
 
 
 # --------------------------------------------------------------------------- vocabulary
 
 
 @lru_cache(maxsize=1)
-def renderable() -> dict[str, catalogue.Concept]:
-    """Concepts the demo renders (``render`` not None), in catalogue order."""
-    return {cid: c for cid, c in catalogue.concepts().items() if c.render is not None}
+def renderable() -> dict[str, Condition]:
+    """Conditions the demo renders (``render`` not None), in file order."""
+    return {cid: c for cid, c in conditions().items() if c.render is not None}
 
 
 def findings() -> list[str]:
@@ -126,7 +153,7 @@ def _rhythm_allows(rhythm: str, cid: str) -> bool:
     """Whether a finding is compatible with a rhythm (P waves, pacing, shared knobs)."""
     if rhythm in NO_P_RHYTHMS and cid in P_WAVE_FINDINGS:
         return False
-    if rhythm == "paced_rhythm" and catalogue.concepts()[cid].category == "conduction":
+    if rhythm == "paced_rhythm" and conditions()[cid].category == "conduction":
         return False
     return not knob_groups(rhythm) & knob_groups(cid)
 
@@ -135,7 +162,7 @@ def _rhythm_allows(rhythm: str, cid: str) -> bool:
 def _english_vocab() -> frozenset[str]:
     """Words of the concept names plus common machine-statement English."""
     words = set(_ENGLISH_EXTRA)
-    for concept in catalogue.concepts().values():
+    for concept in conditions().values():
         words |= set(concept.name.lower().split())
     return frozenset(words)
 
@@ -152,15 +179,16 @@ def _phrase_kind(synonym: str) -> str:
 def phrases(cid: str) -> dict[str, tuple[str, ...]]:
     """A concept's synonyms by kind: ``en``, ``abbr``, ``foreign``."""
     out: dict[str, list[str]] = {"en": [], "abbr": [], "foreign": []}
-    for synonym in catalogue.concepts()[cid].synonyms:
+    for synonym in conditions()[cid].synonyms:
         out[_phrase_kind(synonym)].append(synonym)
     return {k: tuple(v) for k, v in out.items()}
 
 
 @lru_cache(maxsize=None)
 def mention_pattern(cids: tuple[str, ...]) -> re.Pattern | None:
-    """Case-insensitive word-boundary regex of every synonym and name of ``cids`` (None if empty)."""
-    terms = {s.lower() for cid in cids for s in (*catalogue.concepts()[cid].synonyms, catalogue.concepts()[cid].name)}
+    """Case-insensitive word-boundary regex of every synonym, mention and name of ``cids`` (None if empty)."""
+    terms = {s.lower() for cid in cids
+             for s in (*conditions()[cid].synonyms, *conditions()[cid].mentions, conditions()[cid].name)}
     if not terms:
         return None
     alternatives = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
@@ -186,30 +214,41 @@ def _plan_record(rhythm: str, found: list[str]) -> Plan:
     return Plan(rendered=rendered, concepts=concepts)
 
 
-def plan_conditions(n: int, rng: np.random.Generator, min_positives: int) -> list[Plan]:
-    """Quota-based conditions: each non-sinus rhythm and each finding gets ``_quota`` records."""
-    quota = _quota(n, min_positives)
+def plan_conditions(n: int, rng: np.random.Generator, min_positives: int, mimic: bool = False) -> list[Plan]:
+    """Quota-based conditions: each non-sinus rhythm and each finding gets ``_quota`` records, or
+    (``mimic``) at least that and its MIMIC ``share``; hedges as in the set's reports."""
+    quota = _quotas(n, min_positives, mimic)
     rhythm, reserved = _assign_rhythms(n, quota, rng)
     found = _assign_findings(rhythm, reserved, quota, rng)
     plans = [_plan_record(rhythm[i], found[i]) for i in range(n)]
-    _add_hedges(plans, rng)
+    _add_hedges(plans, rng, mimic)
     return plans
 
 
-def _assign_rhythms(n: int, quota: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(rhythm per record, reserved-normal mask): ``quota`` records per non-sinus rhythm."""
+def _quotas(n: int, min_positives: int, mimic: bool) -> dict[str, int]:
+    """Records per renderable condition: the uniform quota, or at least its MIMIC share."""
+    base = _quota(n, min_positives)
+    if not mimic:
+        return dict.fromkeys(renderable(), base)
+    return {cid: max(base, round(float(c.mimic.get("share", 0.0)) * n)) for cid, c in renderable().items()}
+
+
+def _assign_rhythms(n: int, quota: dict[str, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(rhythm per record, reserved-normal mask): ``quota[rhythm]`` records per non-sinus rhythm."""
     rhythm = np.full(n, "sinus_rhythm", dtype=object)
     perm = rng.permutation(n)
-    for k, cid in enumerate(RHYTHMS[1:]):
-        rhythm[perm[k * quota : (k + 1) * quota]] = cid
-    start = (len(RHYTHMS) - 1) * quota
+    start = 0
+    for cid in RHYTHMS[1:]:
+        rhythm[perm[start : start + quota[cid]]] = cid
+        start += quota[cid]
     reserved = np.zeros(n, bool)
-    reserved[perm[start : start + max(round(NORMAL_SHARE * n), quota)]] = True
+    reserved[perm[start : start + max(round(NORMAL_SHARE * n), quota["normal_ecg"])]] = True
     return rhythm, reserved
 
 
-def _assign_findings(rhythm: np.ndarray, reserved: np.ndarray, quota: int, rng: np.random.Generator) -> list[list[str]]:
-    """Up to ``MAX_FINDINGS`` findings per unreserved record, ``quota`` each, no shared knob."""
+def _assign_findings(rhythm: np.ndarray, reserved: np.ndarray, quota: dict[str, int],
+                     rng: np.random.Generator) -> list[list[str]]:
+    """Up to ``MAX_FINDINGS`` findings per unreserved record, ``quota[finding]`` each, no shared knob."""
     n = rhythm.size
     found: list[list[str]] = [[] for _ in range(n)]
     count = np.zeros(n, int)
@@ -222,7 +261,7 @@ def _assign_findings(rhythm: np.ndarray, reserved: np.ndarray, quota: int, rng: 
         for g in knob_groups(cid):
             ok &= ~used[g]
         candidates = np.flatnonzero(ok)
-        pick = rng.choice(candidates, size=min(quota, candidates.size), replace=False)
+        pick = rng.choice(candidates, size=min(quota[cid], candidates.size), replace=False)
         for i in pick:
             found[i].append(cid)
         count[pick] += 1
@@ -237,11 +276,41 @@ def _by_conflict_degree(cids: list[str]) -> list[str]:
     return sorted(cids, key=lambda c: (-degree[c], c))
 
 
-def _add_hedges(plans: list[Plan], rng: np.random.Generator) -> None:
-    """Mark a share of findings as hedged in the reports ("Possible ...")."""
+def _add_hedges(plans: list[Plan], rng: np.random.Generator, mimic: bool = False) -> None:
+    """Mark a share of findings as hedged in the reports ("Possible ..."); ``mimic``: each
+    condition's own share (hypertrophy and ischaemia/infarction by default, rhythms only if given)."""
     for plan in plans:
         u = rng.random(len(plan.rendered))
-        plan.hedged = {c for c, x in zip(plan.rendered[1:], u[1:]) if x < HEDGE_SHARE}
+        if mimic:
+            plan.hedged = {c for k, (c, x) in enumerate(zip(plan.rendered, u)) if x < _mimic_hedge_share(c, k == 0)}
+        else:
+            plan.hedged = {c for c, x in zip(plan.rendered[1:], u[1:]) if x < HEDGE_SHARE}
+
+
+def _mimic_hedge_share(cid: str, is_rhythm: bool) -> float:
+    """Share of hedged mentions of a condition in MIMIC-style reports: its ``hedge``, else
+    ``HEDGE_SHARE`` for a finding with ``hedged`` wordings, else none."""
+    mimic = conditions()[cid].mimic
+    if "hedge" in mimic:
+        return float(mimic["hedge"])
+    return HEDGE_SHARE if "hedged" in mimic and not is_rhythm else 0.0
+
+
+def add_variants(plans: list[Plan], rng: np.random.Generator) -> None:
+    """Pre-training variants: a borderline PR interval in non-normal sinus records without a
+    PR-setting finding; RBBB with left anterior fascicular block (a -60° axis) where no finding
+    sets the axis (truth gains LAFB and left axis deviation)."""
+    u = rng.random((len(plans), 2))
+    for plan, (a, b) in zip(plans, u):
+        groups = {g for c in plan.rendered for g in knob_groups(c)}
+        if (plan.rendered[0] in SINUS_RHYTHMS and "normal_ecg" not in plan.concepts and "pr_ms" not in groups
+                and not P_WAVE_FINDINGS & set(plan.rendered) and a < VARIANT_SHARE["borderline_pr"]):
+            plan.variants.add("borderline_pr")
+        if "right_bundle_branch_block" in plan.rendered and "qrs_axis_deg" not in groups \
+                and b < VARIANT_SHARE["rbbb_lafb"]:
+            plan.variants.add("rbbb_lafb")
+            plan.concepts += [c for c in ("left_anterior_fascicular_block", "left_axis_deviation")
+                              if c not in plan.concepts]
 
 
 def stratify(plans: list[Plan], groups: np.ndarray, rng: np.random.Generator) -> list[Plan]:
@@ -336,6 +405,11 @@ def sample_knobs(plans: list[Plan], rng: np.random.Generator) -> tuple[dict[str,
         for knob, spec in concept.render.items():
             knobs[knob][idx] = _draw(knob, spec, rng, idx.size)
             qt_set[idx] |= knob == "qt_ms"
+    for variant, knob, (lo, hi) in (("borderline_pr", "pr_ms", (202.0, 218.0)),
+                                    ("rbbb_lafb", "qrs_axis_deg", (-75.0, -50.0))):
+        idx = np.array([i for i, p in enumerate(plans) if variant in p.variants], dtype=int)
+        if idx.size:
+            knobs[knob][idx] = rng.uniform(lo, hi, idx.size)
     knobs["qt_ms"] = np.where(qt_set, knobs["qt_ms"], qtc * np.sqrt(60.0 / knobs["hr_bpm"]))
     return knobs, poor
 
@@ -393,18 +467,6 @@ def _write_record(writer, directory: Path, name: str, signal, leads, defect, rng
 # --------------------------------------------------------------------------- reports
 
 
-def _case(synonym: str) -> str:
-    """Machine-statement casing of a lower-case synonym (acronyms upper, first letter capital)."""
-    words = []
-    for word in synonym.split():
-        if word in _ACRONYMS:
-            word = word.upper()
-        elif "wolff" in word or word in ("parkinson", "white"):
-            word = "-".join(part.capitalize() for part in word.split("-"))
-        words.append(word)
-    return _capitalise(" ".join(words))
-
-
 def _capitalise(text: str) -> str:
     """Upper-case the first character."""
     return text[:1].upper() + text[1:]
@@ -417,95 +479,174 @@ def _lower_first(text: str) -> str:
     return text if keep else text[:1].lower() + text[1:]
 
 
-def _abbreviation(abbr: str) -> str:
-    """``pvcs`` → ``PVCs``, ``lbbb`` → ``LBBB``."""
-    return abbr[:-1].upper() + "s" if abbr.endswith("s") and len(abbr) > 3 else abbr.upper()
+_TABLES: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}
 
 
-def english_statement(cid: str, rng: np.random.Generator) -> str:
-    """One machine statement for a concept: its name, an English synonym or an abbreviation."""
-    kinds = phrases(cid)
-    u = rng.random()
-    abbreviations = [a for a in kinds["abbr"] if len(a) >= 3]
-    if u < 0.08 and abbreviations:
-        return _abbreviation(str(rng.choice(abbreviations)))
-    if u < 0.35 and kinds["en"]:
-        return _case(str(rng.choice(kinds["en"])))
-    return _capitalise(catalogue.concepts()[cid].name)
+def _pick(table: dict[str, float], rng: np.random.Generator) -> str:
+    """One key of ``table`` drawn with its relative weight (one uniform draw)."""
+    cached = _TABLES.get(id(table))
+    if cached is None or len(cached[0]) != len(table):
+        cached = _TABLES[id(table)] = (tuple(table), np.cumsum([float(w) for w in table.values()]))
+    keys, cum = cached
+    return keys[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(keys) - 1)]
 
 
-def _rhythm_statement(plan: Plan, hr: float, rng: np.random.Generator) -> str:
-    """The rhythm line, with MIMIC-style modifiers (rapid response, "with occasional PVCs")."""
+def _wording(cid: str, key: str = "statements") -> dict[str, float]:
+    """A condition's MIMIC wording table (its name when it has none)."""
+    condition = conditions()[cid]
+    return condition.mimic.get(key) or {_capitalise(condition.name): 1.0}
+
+
+def _fill_region(text: str, st_region: float, rng: np.random.Generator) -> str:
+    """Fill ``{region}`` from the record's ``st_region`` knob."""
+    if "{region}" not in text:
+        return text
+    return text.replace("{region}", _pick(ST_REGION_WORDS[int(round(st_region))], rng))
+
+
+def _finding_statement(cid: str, plan: Plan, knob: dict[str, float], rng: np.random.Generator) -> str:
+    """One finding's statement: its own wording, hedged ("Possible ...") when the plan says so."""
+    mimic = conditions()[cid].mimic
+    if cid == "right_bundle_branch_block" and "rbbb_lafb" in plan.variants:
+        text = _pick(_wording("left_anterior_fascicular_block", "with_rbbb"), rng)
+    elif cid in plan.hedged and "hedged" in mimic:
+        text = _pick(mimic["hedged"], rng)
+    elif cid in plan.hedged:
+        text = _pick(MIMIC_HEDGES, rng) + _lower_first(_pick(_wording(cid), rng))
+    else:
+        text = _pick(_wording(cid), rng)
+    return _fill_region(text, knob["st_region"], rng)
+
+
+def _rhythm_line(plan: Plan, said: list[str], knob: dict[str, float], unseen: tuple[str, ...],
+                 rng: np.random.Generator) -> tuple[str, set[str]]:
+    """(rhythm statement, findings merged into it): "Sinus rhythm with PVC(s) with 1st degree A-V block"."""
     rhythm = plan.rendered[0]
-    text = english_statement(rhythm, rng)
-    if rhythm == "atrial_fibrillation" and hr > 100 and rng.random() < 0.7:
-        text = "Atrial fibrillation with rapid ventricular response"
-    ectopy = [c for c in ("premature_ventricular_complexes", "premature_atrial_complexes")
-              if c in plan.concepts and c not in plan.hedged]
-    if rhythm in SINUS_RHYTHMS and ectopy and rng.random() < 0.3:
-        text += " with occasional " + _lower_first(english_statement(ectopy[0], rng))
-    return text
+    if rhythm in unseen:
+        return _pick(UNNAMED_RHYTHM, rng), set()
+    mimic = conditions()[rhythm].mimic
+    if rhythm in plan.hedged and "hedged" in mimic:
+        text = _pick(mimic["hedged"], rng)
+    elif "fast" in mimic and knob["hr_bpm"] > 100:
+        text = _pick(mimic["fast"], rng)
+    else:
+        text = _pick(_wording(rhythm), rng)
+    if rhythm == "sinus_bradycardia" and knob["hr_bpm"] < MARKED_BRADY_BPM and rng.random() < 0.5:
+        text = "Marked sinus bradycardia"
+    merged: set[str] = set()
+    modifiers = []
+    if rhythm in SINUS_RHYTHMS or rhythm == "atrial_fibrillation":
+        for cid in RHYTHM_MODIFIERS:
+            wording = conditions()[cid].mimic
+            af = rhythm == "atrial_fibrillation"
+            if cid not in said or cid in plan.hedged or "with" not in wording or (af and "with_af" not in wording):
+                continue
+            if rng.random() < float(wording.get("merge", 1.0)):
+                modifiers.append(_pick(wording["with_af" if af else "with"], rng))
+                merged.add(cid)
+        if "borderline_pr" in plan.variants:
+            modifiers.append(BORDERLINE_AV)
+    return " with ".join([text, *modifiers]), merged
 
 
-def _summary(plan: Plan, has_unseen: bool) -> str:
-    """Normal / Otherwise normal / Borderline / Abnormal ECG."""
-    rest = [c for c in plan.concepts if c not in RHYTHMS and c != "normal_ecg"]
+def _statement_rank(cid: str) -> int:
+    """Order of findings in a MIMIC report: axis, conduction, QT, infarcts, hypertrophy, ST-T, voltage, ectopy."""
+    if cid == "long_qt":
+        return 3
+    if cid == "low_qrs_voltage":
+        return 7
+    if cid.endswith("myocardial_infarction"):
+        return 4
+    return {"axis": 1, "conduction": 2, "hypertrophy": 5, "ischaemia_infarction": 6, "morphology": 6,
+            "rhythm": 8}.get(conditions()[cid].category, 9)
+
+
+def _said_findings(plan: Plan, unseen: tuple[str, ...], rng: np.random.Generator) -> list[str]:
+    """Findings the report states: none unseen; an implied one (LAD of LAFB) only sometimes,
+    always when what implies it is unseen (PVCs of unnamed bigeminy); the RBBB+LAFB variant as one."""
+    out = []
+    for cid in plan.concepts[1:]:
+        if cid == "normal_ecg" or cid in unseen:
+            continue
+        if "rbbb_lafb" in plan.variants and cid in ("left_anterior_fascicular_block", "left_axis_deviation"):
+            continue
+        impliers = [k for k, v in IMPLIED.items() if v == cid and k in plan.concepts]
+        if impliers and all(k not in unseen for k in impliers) and rng.random() >= MIMIC_STYLE["implied_said"]:
+            continue
+        out.append(cid)
+    return out
+
+
+def _verdict(plan: Plan, said: list[str], unseen: tuple[str, ...], rng: np.random.Generator) -> str:
+    """Normal ECG / Normal ECG except for rate / Otherwise normal ECG / Borderline ECG / Abnormal ECG."""
+    rhythm = plan.rendered[0]
     if "normal_ecg" in plan.concepts:
         return "Normal ECG"
-    if has_unseen or plan.rendered[0] not in SINUS_RHYTHMS:
+    hidden = [c for c in plan.concepts if c in unseen]
+    if rhythm not in SINUS_RHYTHMS or any(c not in MILD for c in hidden):
         return "Abnormal ECG"
-    if not rest:
+    rest = [c for c in said if c != rhythm] + sorted(plan.variants)
+    if not rest and not hidden:
+        return "Normal ECG except for rate" if rhythm in ("sinus_bradycardia", "sinus_tachycardia") \
+            else "Otherwise normal ECG"
+    if set(rest) <= {"premature_atrial_complexes", "premature_ventricular_complexes"} and not hidden \
+            and rng.random() < MIMIC_STYLE["ectopy_otherwise_normal"]:
         return "Otherwise normal ECG"
-    return "Borderline ECG" if all(c in MILD and c not in plan.hedged for c in rest) else "Abnormal ECG"
+    return "Borderline ECG" if all(c in MILD_MIMIC for c in rest) else "Abnormal ECG"
 
 
-def mimic_statements(plan: Plan, hr: float, poor: bool, defect, unseen: tuple[str, ...],
+def _mimic_lead(canonical: str) -> str:
+    """A lead name as MIMIC writes it."""
+    return MIMIC_LEAD_ORDER[[canonical_lead_name(n) for n in MIMIC_LEAD_ORDER].index(canonical)]
+
+
+def mimic_statements(plan: Plan, knob: dict[str, float], poor: bool, defect, unseen: tuple[str, ...],
                      rng: np.random.Generator) -> list[str]:
-    """Machine statements of one pre-training record; unseen concepts only as generic statements."""
+    """MIMIC-IV-ECG machine statements of one pre-training record (``knob``: its knob values).
+
+    Order as in the real reports: quality and acute flags (``*** ... ***``), the rhythm with its
+    ectopy and A-V block, the findings (axis, conduction, QT, infarcts, hypertrophy, ST-T,
+    voltage), quality remarks, the verdict. Unseen conditions are never named.
+    """
     lines = [POOR_QUALITY] if poor else []
-    rhythm = plan.rendered[0]
-    lines.append("Abnormal rhythm" if rhythm in unseen else _rhythm_statement(plan, hr, rng))
-    for cid in plan.concepts[1:]:
-        if cid == "normal_ecg":
-            continue
-        if cid in unseen:
-            lines.append("Abnormal rhythm" if catalogue.concepts()[cid].category == "rhythm" else "Abnormal ECG")
-        elif not _merged_into_rhythm(cid, lines):
-            text = english_statement(cid, rng)
-            lines.append(str(rng.choice(HEDGES)) + _lower_first(text) if cid in plan.hedged else text)
-    lines += _extra_lines(plan, defect, unseen, rng)
-    if rng.random() < 0.85 or "normal_ecg" in plan.concepts:
-        lines.append(_normal_statement(rng) if "normal_ecg" in plan.concepts
-                     else _summary(plan, any(c in unseen for c in plan.concepts)))
+    said = _said_findings(plan, unseen, rng)
+    if "st_elevation" in said and rng.random() < float(conditions()["st_elevation"].mimic.get("flag_share", 0)):
+        lines.append(_pick(conditions()["st_elevation"].mimic["flag"], rng))
+    rhythm_line, merged = _rhythm_line(plan, said, knob, unseen, rng)
+    if rng.random() < MIMIC_STYLE["rhythm_period"]:
+        rhythm_line += "."
+    lines.append(rhythm_line)
+    if plan.rendered[0] == "paced_rhythm" and plan.rendered[0] not in unseen \
+            and rng.random() < MIMIC_STYLE["paced_stop"]:
+        lines.append(PACED_STOP)
+    else:
+        for cid in sorted((c for c in said if c not in merged), key=_statement_rank):
+            lines.append(_finding_statement(cid, plan, knob, rng))
+            mimic = conditions()[cid].mimic
+            if "also" in mimic and cid not in plan.hedged and rng.random() < float(mimic.get("also_share", 0)):
+                lines.append(_pick(mimic["also"], rng))
+    lines += _lead_lines(defect, rng)
+    verdict = _verdict(plan, said, unseen, rng) if rng.random() >= MIMIC_STYLE["no_verdict"] else None
+    if rng.random() < MIMIC_STYLE["upper_vendor"]:  # another cart's style: upper case, "Summary: ..."
+        lines = [line.upper() for line in lines]
+        verdict = verdict and f"Summary: {verdict.upper()}"
+    lines += [verdict] if verdict else []
     return list(dict.fromkeys(_guard_unseen(lines, unseen)))
 
 
-def _merged_into_rhythm(cid: str, lines: list[str]) -> bool:
-    """Whether an ectopy finding was already stated as "... with occasional PVCs"."""
-    rhythm_line = next((line for line in lines if line != POOR_QUALITY), "")
-    pattern = mention_pattern((cid,))
-    return " with occasional " in rhythm_line and bool(pattern.search(rhythm_line.split(" with occasional ")[1]))
-
-
-def _normal_statement(rng: np.random.Generator) -> str:
-    """"Normal ECG" or a synonym of it."""
-    return "Normal ECG" if rng.random() < 0.8 else english_statement("normal_ecg", rng)
-
-
-def _extra_lines(plan: Plan, defect, unseen: tuple[str, ...], rng: np.random.Generator) -> list[str]:
-    """Negation of an absent finding and lead-quality noise lines."""
+def _lead_lines(defect, rng: np.random.Generator) -> list[str]:
+    """Lead-quality remarks (a flat or missing lead, rarely any lead)."""
     lines = []
-    absent = [c for c in NEGATABLE if c not in plan.concepts and c not in unseen]
-    if absent and rng.random() < 0.1:
-        lines.append("No " + _lower_first(_capitalise(catalogue.concepts()[str(rng.choice(absent))].name)))
-    if (defect is not None and defect[0] in ("flat", "nan_long") and rng.random() < 0.5) or rng.random() < 0.01:
-        lead = defect[1] if defect is not None else str(rng.choice(CANONICAL_LEADS))
-        lines.append(f"Lead(s) unsuitable for analysis: {lead}")
+    bad_lead = defect is not None and defect[0] in ("flat", "nan_long")
+    if (bad_lead and rng.random() < MIMIC_STYLE["lead_line"]) or rng.random() < MIMIC_STYLE["lead_line_any"]:
+        lead = defect[1] if bad_lead else str(rng.choice(CANONICAL_LEADS))
+        lines.append(_pick(LEAD_LINES, rng).format(lead=_mimic_lead(lead)))
     return lines
 
 
 def _guard_unseen(lines: list[str], unseen: tuple[str, ...]) -> list[str]:
-    """Replace any statement that still names an unseen concept by a generic one."""
+    """Replace any statement that still names an unseen condition by a generic one (a safety net:
+    the wording above never names one, which a test checks)."""
     pattern = mention_pattern(tuple(sorted(unseen)))
     if pattern is None:
         return lines
@@ -518,7 +659,7 @@ def ptbxl_report(plan: Plan, rng: np.random.Generator) -> str:
     parts = []
     for cid in plan.concepts:
         kinds = phrases(cid)
-        pool = kinds["foreign"] if foreign and kinds["foreign"] else kinds["en"] or (catalogue.concepts()[cid].name,)
+        pool = kinds["foreign"] if foreign and kinds["foreign"] else kinds["en"] or (conditions()[cid].name,)
         text = str(rng.choice(pool)).lower()
         if cid in plan.hedged:
             text = ("verdacht auf " if foreign else str(rng.choice(HEDGES)).lower()) + text
@@ -535,7 +676,7 @@ def scp_codes(plan: Plan) -> dict[str, float]:
     """PTB-XL ``scp_codes``: every SCP code of the concepts, 100 (50 when hedged)."""
     codes: dict[str, float] = {}
     for cid in plan.concepts:
-        for code in catalogue.concepts()[cid].scp:
+        for code in conditions()[cid].scp:
             codes[code] = max(codes.get(code, 0.0), 50.0 if cid in plan.hedged else 100.0)
     return codes
 
@@ -546,7 +687,7 @@ def dx_codes(plan: Plan, dataset: str) -> list[str]:
     for cid in plan.concepts:
         if dataset == "cpsc2018" and cid == "sinus_rhythm" and "normal_ecg" not in plan.concepts:
             continue
-        codes += [c for c in catalogue.concepts()[cid].snomed if c not in codes]
+        codes += [c for c in conditions()[cid].snomed if c not in codes]
     return codes
 
 
@@ -588,8 +729,27 @@ def mimic_measurements(plans: list[Plan], knobs: dict[str, np.ndarray], rng: np.
     })
 
 
+MIMIC_GAIN = 200.0  # ADC units per mV (5 µV per unit), as in the real headers
+
+
+def mimic_header(hea: Path, ecg_time: str) -> None:
+    """Rewrite a header as MIMIC-IV-ECG writes it: ``NAME 12 500 5000 HH:MM:SS DD/MM/YYYY``, gain
+    ``200.0(0)/mV`` and unsigned 16-bit checksums (the subject comment is written by the writer)."""
+    lines = hea.read_text().split("\n")
+    date, time = ecg_time.split(" ")
+    year, month, day = date.split("-")
+    lines[0] = f"{lines[0]} {time} {day}/{month}/{year}"
+    gain = f" {MIMIC_GAIN:.10g}/mV "  # as formats.write_wfdb16 writes it
+    for k, line in enumerate(lines[1:13], start=1):
+        tokens = line.replace(gain, f" {MIMIC_GAIN:.1f}(0)/mV ", 1).split(" ")
+        tokens[6] = str(int(tokens[6]) % 65536)
+        lines[k] = " ".join(tokens)
+    hea.write_text("\n".join(lines))
+
+
 def write_mimic(root: Path, plans, knobs, poor, defects, unseen, rng) -> pd.DataFrame:
-    """MIMIC-IV-ECG layout: WFDB-16 records, record_list.csv, machine_measurements.csv; truth rows."""
+    """MIMIC-IV-ECG layout: WFDB-16 records (real header form), record_list.csv,
+    machine_measurements.csv; truth rows."""
     n = len(plans)
     subjects = _unique_ints(rng, max(1, int(0.7 * n)), 10_000_000, 20_000_000)
     subject = subjects[rng.integers(0, subjects.size, n)]
@@ -599,10 +759,12 @@ def write_mimic(root: Path, plans, knobs, poor, defects, unseen, rng) -> pd.Data
     for start, batch in render_batches(knobs, rng):
         for k, signal in enumerate(batch):
             i = start + k
-            _write_record(formats.write_wfdb16, root / Path(paths[i]).parent, str(study[i]),
-                          signal[_MIMIC_ROWS], MIMIC_LEAD_ORDER, defects.get(i), rng, ".dat")
-    reports = [mimic_statements(p, knobs["hr_bpm"][i], poor[i], defects.get(i), unseen, rng)
-               for i, p in enumerate(plans)]
+            directory = root / Path(paths[i]).parent
+            _write_record(formats.write_wfdb16, directory, str(study[i]), signal[_MIMIC_ROWS], MIMIC_LEAD_ORDER,
+                          defects.get(i), rng, ".dat", gain=MIMIC_GAIN, comments=[f"# <subject_id>: {subject[i]}"])
+            mimic_header(directory / f"{study[i]}.hea", str(times[i]))
+    rows = pd.DataFrame({k: knobs[k] for k in ("hr_bpm", "st_region")}).to_dict("records")
+    reports = [mimic_statements(p, rows[i], poor[i], defects.get(i), unseen, rng) for i, p in enumerate(plans)]
     head = pd.DataFrame({"subject_id": subject, "study_id": study, "file_name": study, "ecg_time": times,
                          "path": paths})
     order = np.lexsort((times, subject))
@@ -740,6 +902,7 @@ def _truth(dataset, record_ids, splits, plans, defects, unseen) -> pd.DataFrame:
         "record_id": record_ids, "dataset": dataset, "split": splits,
         "concepts": [list(p.concepts) for p in plans],
         "hedged": [sorted(p.hedged) for p in plans],
+        "variants": [sorted(p.variants) for p in plans],
         "unnamed": [[c for c in p.concepts if c in unseen] for p in plans],
         "defect": [defects[i][0] if i in defects else None for i in range(len(plans))],
         "defect_lead": [defects[i][1] if i in defects else None for i in range(len(plans))],
@@ -778,7 +941,8 @@ def _set_rngs(seed: int) -> dict[str, np.random.Generator]:
 
 def _generate_mimic(root, n, rng, unseen, defect_share) -> pd.DataFrame:
     """Plan, render and write the pre-training set."""
-    plans = plan_conditions(n, rng, MIN_POSITIVES["mimic"])
+    plans = plan_conditions(n, rng, MIN_POSITIVES["mimic"], mimic=True)
+    add_variants(plans, rng)
     knobs, poor = sample_knobs(plans, rng)
     defects = pick_defects(plans, _n_defects(n, defect_share, False), rng)
     return write_mimic(_fresh_dir(root / SET_FOLDERS["mimic"]), plans, knobs, poor, defects, unseen, rng)
