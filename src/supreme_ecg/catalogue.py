@@ -1,8 +1,8 @@
-"""The project's curated knowledge: ECG concepts and the zero-shot benchmark definition."""
+"""The zero-shot benchmark definition (the demo's condition list lives in :mod:`supreme_ecg.demo.conditions`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
@@ -10,55 +10,20 @@ import yaml
 
 
 @dataclass(frozen=True)
-class Concept:
-    """One standardised ECG finding (see ``resources/concepts.yaml``)."""
-
-    id: str
-    name: str
-    category: str
-    synonyms: tuple[str, ...]
-    scp: tuple[str, ...]
-    snomed: tuple[str, ...]
-    render: dict | None = field(default=None, compare=False, hash=False)
-
-
-@dataclass(frozen=True)
 class BenchmarkClass:
-    """One class of a zero-shot task."""
+    """One class of a zero-shot task: its name, its text query and (cpsc2018, csn) its SNOMED codes.
+
+    Nothing ties a class to a pre-training label; whether it was seen is measured by the zero-shot stage.
+    """
 
     task: str
     name: str
     description: str
-    concepts: tuple[str, ...]
-    snomed: tuple[str, ...]
-    members: tuple[str, ...] = ()
+    snomed: tuple[str, ...] = ()
 
 
 def _load_yaml(name: str) -> dict:
     return yaml.safe_load(resources.files("supreme_ecg.resources").joinpath(name).read_text("utf-8"))
-
-
-@lru_cache(maxsize=1)
-def concepts() -> dict[str, Concept]:
-    """All concepts by id, in file order."""
-    raw = _load_yaml("concepts.yaml")["concepts"]
-    return {
-        cid: Concept(
-            id=cid,
-            name=c["name"],
-            category=c["category"],
-            synonyms=tuple(c.get("synonyms") or ()),
-            scp=tuple(c.get("scp") or ()),
-            snomed=tuple(str(s) for s in c.get("snomed") or ()),
-            render=c.get("render"),
-        )
-        for cid, c in raw.items()
-    }
-
-
-def concepts_version() -> int:
-    """Version of the concept vocabulary file (part of cache keys)."""
-    return int(_load_yaml("concepts.yaml")["version"])
 
 
 @lru_cache(maxsize=1)
@@ -85,9 +50,7 @@ def task_classes(task: str) -> list[BenchmarkClass]:
             task=task,
             name=name,
             description=c["description"],
-            concepts=tuple(c.get("concepts") or ()),
             snomed=tuple(str(s) for s in c.get("snomed") or ()),
-            members=tuple(c.get("members") or ()),
         )
         for name, c in spec["classes"].items()
     ]

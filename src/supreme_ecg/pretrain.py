@@ -1,9 +1,11 @@
 """The pretrain stage: supervised multimodal pre-training on extracted labels, as text queries.
 
-Signals (preprocessed Parquet shards) are joined to ``labels.parquet`` by ``record_id``; each label's
-``name`` from ``label_vocabulary.parquet`` is embedded once by the frozen text encoder and used as a
-query of :class:`~supreme_ecg.model.QueryFusionHead`. Multi-label BCE (label value < 0 = masked),
-AdamW, per-step cosine LR with linear warm-up, deterministic on CPU for a given seed, resumable.
+Signals (preprocessed Parquet shards) are joined to ``labels.parquet`` (one column per ``label`` of
+``label_vocabulary.parquet``) by ``record_id``; each label's ``name`` and its ``members`` (the surface
+forms the reports used for it) are embedded once by the frozen text encoder and used as queries of
+:class:`~supreme_ecg.model.QueryFusionHead`. Multi-label BCE (label value < 0 = unknown, masked in the
+loss and the metrics), AdamW, per-step cosine LR with linear warm-up, deterministic on CPU for a given
+seed, resumable.
 
 Outputs in ``out_dir``: ``checkpoint.pt`` (last epoch), ``metrics.parquet``, ``training_curve.png``;
 while running, ``checkpoint.in_progress.pt`` (atomically replaced after every epoch).
@@ -25,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from supreme_ecg import catalogue
 from supreme_ecg.preprocess import read_signals, signal_n_samples
 from supreme_ecg.settings import usable_threads
 from supreme_ecg.model import (
@@ -35,6 +36,8 @@ from supreme_ecg.model import (
 CHECKPOINT = "checkpoint.pt"
 IN_PROGRESS = "checkpoint.in_progress.pt"
 METRICS_COLUMNS = ["epoch", "train_loss", "val_loss", "val_macro_auc", "lr", "seconds"]
+#: shard column naming each record's pre-training split (train / val / "" = not for pre-training)
+SPLIT_COLUMN = "pretrain_split"
 # settings that may change between a run and its resumption (everything else must match)
 RUNTIME_FIELDS = ("epochs", "device", "threads", "resume")
 
@@ -64,8 +67,9 @@ class PretrainConfig:
     device: str = "auto"
     threads: int = 2
     resume: bool = True
-    query_synonyms: bool = True
-    min_synonym_chars: int = 4
+    query_members: bool = True
+    min_member_chars: int = 4
+    max_query_members: int = 16
     max_in_memory_records: int = 50_000
     shuffle_buffer: int = 2048
 
@@ -120,19 +124,51 @@ def hash_fraction(key: str) -> float:
 # --------------------------------------------------------------------------- labels
 
 
-def read_label_table(labels_path, vocabulary_path) -> tuple[dict, np.ndarray, list[str], list[str]]:
-    """(record_id → row, int8 (n, K) labels, label names, concept ids) in vocabulary order."""
-    vocab = pd.read_parquet(vocabulary_path).sort_values("label_index")
-    concepts = [str(c) for c in vocab["concept_id"]]
-    labels = pd.read_parquet(labels_path)
-    missing = [c for c in concepts if c not in labels.columns]
+@dataclass(frozen=True)
+class LabelTable:
+    """The training labels: ids (``label`` slugs), names and member surface forms, in vocabulary order,
+    and the int8 (n, K) matrix (1 present, 0 absent, -1 unknown) with its record_id → row index."""
+
+    index: dict
+    matrix: np.ndarray
+    ids: list[str]
+    names: list[str]
+    members: list[list[str]]
+
+
+def _member_forms(value) -> list[str]:
+    """Surface forms of one ``members`` cell (list of {surface_form, n_records}), most frequent first."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    forms = [m["surface_form"] if isinstance(m, dict) else m for m in value]
+    return [str(f) for f in forms if f is not None and str(f).strip()]
+
+
+def read_label_vocabulary(vocabulary_path) -> tuple[list[str], list[str], list[list[str]]]:
+    """(label ids, names, member surface forms) of ``label_vocabulary.parquet`` in ``label_index`` order."""
+    vocab = pd.read_parquet(vocabulary_path)
+    if "label_index" in vocab.columns:
+        vocab = vocab.sort_values("label_index")
+    missing = {"label", "name"} - set(vocab.columns)
     if missing:
-        raise ValueError(f"labels {labels_path} lack vocabulary concepts {missing[:10]}")
+        raise ValueError(f"label vocabulary {vocabulary_path} lacks columns {sorted(missing)}")
+    cells = vocab["members"] if "members" in vocab.columns else [None] * len(vocab)
+    members = [_member_forms(m) for m in cells]
+    return [str(c) for c in vocab["label"]], [str(n) for n in vocab["name"]], members
+
+
+def read_label_table(labels_path, vocabulary_path) -> LabelTable:
+    """Labels of ``labels.parquet`` for the vocabulary's ``label`` columns (missing values → -1)."""
+    ids, names, members = read_label_vocabulary(vocabulary_path)
+    labels = pd.read_parquet(labels_path)
+    missing = [c for c in ids if c not in labels.columns]
+    if missing:
+        raise ValueError(f"labels {labels_path} lack vocabulary labels {missing[:10]}")
     if labels["record_id"].duplicated().any():
         raise ValueError(f"labels {labels_path} repeat record ids")
     index = {str(r): i for i, r in enumerate(labels["record_id"])}
-    matrix = labels[concepts].to_numpy(dtype=np.int8, na_value=-1).reshape(len(labels), len(concepts))
-    return index, matrix, [str(n) for n in vocab["name"]], concepts
+    matrix = labels[ids].to_numpy(dtype=np.float64, na_value=-1).reshape(len(labels), len(ids))
+    return LabelTable(index, matrix.astype(np.int8), ids, names, members)
 
 
 # --------------------------------------------------------------------------- data
@@ -145,12 +181,18 @@ class _Data:
         """Scan record ids of every row group, join to the labels and assign the split."""
         self.paths, self.cfg, self.matrix = [str(p) for p in shard_paths], cfg, label_matrix
         self.units, seen, self.n_records, self.n_unlabeled, self.n_duplicates = [], set(), 0, 0, 0
+        self.n_not_pretraining = 0
         self.n_samples = self._check_lengths()
         for path in self.paths:
-            cols = ["record_id"] + ([cfg.group_column] if cfg.group_column in pq.read_schema(path).names else [])
+            names = pq.read_schema(path).names
+            cols = ["record_id"] + [c for c in (cfg.group_column, SPLIT_COLUMN) if c in names and c != "record_id"]
             for rg in _row_group_ids(path):
                 self._scan(path, rg, read_row_group(path, rg, cols), label_index, seen)
         self.n_labels_without_signal = len(set(label_index) - seen)
+        # the corpus's own validation rows (e.g. PTB-XL fold 9) when it names any, else a hash split by group
+        self.explicit_val = any(u["split_val"].any() for u in self.units)
+        for u in self.units:
+            u["val"] = u["split_val"] if self.explicit_val else u["hash_val"]
         val = np.concatenate([u["val"] for u in self.units]) if self.units else np.zeros(0, bool)
         self.n_val, self.n_train = int(val.sum()), int((~val).sum())
         self.in_memory = self.n_train + self.n_val <= cfg.max_in_memory_records
@@ -165,13 +207,16 @@ class _Data:
         return sizes.pop() if sizes else 0
 
     def _scan(self, path, rg, batch, label_index, seen) -> None:
-        """Record which rows of one row group are labelled (first occurrence) and in validation."""
+        """Record which rows of one row group are labelled (first occurrence), and their split."""
         ids = [str(r) for r in batch.column("record_id").to_pylist()]
         groups = batch.column(self.cfg.group_column).to_pylist() if self.cfg.group_column in batch.schema.names else ids
-        rows, label_rows, val = [], [], []
-        for i, (rid, group) in enumerate(zip(ids, groups)):
+        splits = batch.column(SPLIT_COLUMN).to_pylist() if SPLIT_COLUMN in batch.schema.names else [None] * len(ids)
+        rows, label_rows, hash_val, split_val = [], [], [], []
+        for i, (rid, group, split) in enumerate(zip(ids, groups, splits)):
             self.n_records += 1
-            if rid in seen:
+            if split == "":  # in the corpus's manifest but not for pre-training (e.g. PTB-XL fold 10)
+                self.n_not_pretraining += 1
+            elif rid in seen:
                 self.n_duplicates += 1
             elif rid not in label_index:
                 self.n_unlabeled += 1
@@ -179,10 +224,11 @@ class _Data:
                 seen.add(rid)
                 rows.append(i)
                 label_rows.append(label_index[rid])
-                val.append(hash_fraction(str(group)) < self.cfg.val_fraction)
+                hash_val.append(hash_fraction(str(group)) < self.cfg.val_fraction)
+                split_val.append(split == "val")
         if rows:
             self.units.append({"path": path, "rg": rg, "rows": np.asarray(rows), "labels": np.asarray(label_rows),
-                               "val": np.asarray(val, bool)})
+                               "hash_val": np.asarray(hash_val, bool), "split_val": np.asarray(split_val, bool)})
 
     def _load_all(self) -> None:
         """Read every kept signal into one preallocated (n, 12, L) float32 array."""
@@ -307,21 +353,37 @@ def _to_tensors(x: np.ndarray, y: np.ndarray, device) -> tuple[torch.Tensor, tor
     return torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(y.astype(np.float32)).to(device)
 
 
+def label_phrasings(names: list[str], members: list[list[str]], cfg: PretrainConfig) -> list[list[str]]:
+    """Each label's query texts: its name, then (``query_members``) up to ``max_query_members`` of its
+    member surface forms (most frequent first, at least ``min_member_chars`` long, the name excluded)."""
+    phrasings = []
+    for name, forms in zip(names, members):
+        texts, seen = [name], {name.strip().lower()}
+        if cfg.query_members:
+            for form in forms:
+                key = form.strip().lower()
+                if len(texts) - 1 >= cfg.max_query_members:
+                    break
+                if len(key) >= cfg.min_member_chars and key not in seen:
+                    texts.append(form)
+                    seen.add(key)
+        phrasings.append(texts)
+    return phrasings
+
+
 class QueryBank:
     """Text embeddings of every label's phrasings, encoded once; one phrasing per label per step.
 
-    Training on the canonical name *and* the curated synonyms (``concepts.yaml``) teaches the head
-    the region of text space around each label, so zero-shot class descriptions that word a
-    concept differently still land on it. Without synonyms it always returns the canonical names.
+    A label's phrasings are its name and the member surface forms that standardisation merged into it
+    (``label_vocabulary.parquet``: they come from the reports, not from any curated list). Training on
+    all of them teaches the head the region of text space around each label, so zero-shot class
+    descriptions that word a finding differently still land on it. With ``query_members`` off, or for
+    a label without other members, it always returns the name.
     """
 
-    def __init__(self, text, names: list[str], concepts: list[str], cfg: PretrainConfig, device):
-        phrasings = [[name] for name in names]
-        if cfg.query_synonyms:
-            known = catalogue.concepts()
-            for texts, cid in zip(phrasings, concepts):
-                extra = known[cid].synonyms if cid in known else ()
-                texts += sorted({s for s in extra if len(s) >= cfg.min_synonym_chars} - {texts[0].lower()})
+    def __init__(self, text, names: list[str], members: list[list[str]], cfg: PretrainConfig, device):
+        phrasings = label_phrasings(names, members, cfg)
+        self.phrasings = phrasings
         flat = [t for texts in phrasings for t in texts]
         self.embeddings = text.encode(flat).to(device)  # once per run, never per step
         self.first = torch.tensor(np.cumsum([0] + [len(t) for t in phrasings[:-1]]), device=device)
@@ -407,20 +469,22 @@ def plot_curve(history: list[dict], path) -> None:
     plt.close(fig)
 
 
-def _compatible(ckpt: dict, cfg: PretrainConfig, label_names: list[str], data: _Data) -> bool:
-    """Whether a checkpoint was made with the same settings, labels and data split."""
-    return (ckpt.get("resume_key") == cfg.resume_key() and list(ckpt.get("label_names", [])) == label_names
+def _compatible(ckpt: dict, cfg: PretrainConfig, table: LabelTable, data: _Data) -> bool:
+    """Whether a checkpoint was made with the same settings, labels (ids, names, members) and data split."""
+    return (ckpt.get("resume_key") == cfg.resume_key() and list(ckpt.get("label_names", [])) == table.names
+            and list(ckpt.get("label_ids", [])) == table.ids
+            and [list(m) for m in ckpt.get("label_members", [])] == table.members
             and (ckpt.get("n_train"), ckpt.get("n_val")) == (data.n_train, data.n_val))
 
 
-def _find_resume(out_dir: Path, cfg: PretrainConfig, label_names: list[str], data: _Data):
+def _find_resume(out_dir: Path, cfg: PretrainConfig, table: LabelTable, data: _Data):
     """(checkpoint, path, note): the compatible checkpoint (in-progress or final) with the most epochs."""
     best, best_path, note = None, None, "no checkpoint"
     for path in (out_dir / IN_PROGRESS, out_dir / CHECKPOINT):
         if not path.exists():
             continue
         ckpt = load_checkpoint(path)
-        if not _compatible(ckpt, cfg, label_names, data):
+        if not _compatible(ckpt, cfg, table, data):
             note = f"{path.name} has other settings, labels or data: starting afresh"
             continue
         if best is None or ckpt["epoch"] > best["epoch"]:
@@ -428,11 +492,17 @@ def _find_resume(out_dir: Path, cfg: PretrainConfig, label_names: list[str], dat
     return best, best_path, note
 
 
-def _checkpoint(model, opt, epoch, history, names, concepts, query, text, cfg, data) -> dict:
-    """The checkpoint dict (tensors, dicts, lists, str, int, float only)."""
+def _checkpoint(model, opt, epoch, history, table: LabelTable, queries: QueryBank, text, cfg, data) -> dict:
+    """The checkpoint dict (tensors, dicts, lists, str, int, float only; loads with ``weights_only=True``).
+
+    ``label_ids``/``label_names``/``label_members`` are the training vocabulary (the zero-shot stage
+    measures seen/unseen against them); ``label_queries`` the phrasings each label was trained on.
+    """
     return {
-        "model_state": model.state_dict(), "config": model.config, "label_names": list(names),
-        "label_concepts": list(concepts), "label_embeddings": query.detach().cpu(), "epoch": int(epoch),
+        "model_state": model.state_dict(), "config": model.config, "label_names": list(table.names),
+        "label_ids": list(table.ids), "label_members": [list(m) for m in table.members],
+        "label_queries": [list(p) for p in queries.phrasings],
+        "label_embeddings": queries.canonical.detach().cpu(), "epoch": int(epoch),
         "optimizer_state": opt.state_dict(), "text_encoder": text.name, "text_pooling": text.pooling,
         "history": [dict(r) for r in history], "resume_key": cfg.resume_key(),
         "n_train": data.n_train, "n_val": data.n_val, "n_samples": data.n_samples,
@@ -455,12 +525,12 @@ def pretrain(shard_paths, labels_path, vocabulary_path, out_dir, cfg: PretrainCo
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
-    index, matrix, names, concepts = read_label_table(labels_path, vocabulary_path)
-    data = _Data(shard_paths, index, matrix, cfg)
+    table = read_label_table(labels_path, vocabulary_path)
+    data = _Data(shard_paths, table.index, table.matrix, cfg)
     if data.n_train == 0:
         raise ValueError("no labelled training records: check that shard and label record ids match")
     text = text_encoder or TextEncoder(cfg.text_encoder, cfg.text_pooling)
-    queries = QueryBank(text, names, concepts, cfg, device)
+    queries = QueryBank(text, table.names, table.members, cfg, device)
     query = queries.canonical
     model = build_model(default_model_config(text_dim=query.shape[1], width=cfg.width, downsample=cfg.downsample,
                                              n_heads=cfg.n_heads, dropout=cfg.dropout)).to(device)
@@ -468,7 +538,7 @@ def pretrain(shard_paths, labels_path, vocabulary_path, out_dir, cfg: PretrainCo
     pos_weight = compute_pos_weight(data.train_labels(), cfg.pos_weight_max).to(device) if cfg.pos_weight else None
     history, start, note = [], 0, "resume disabled"
     if cfg.resume:
-        ckpt, _, note = _find_resume(out_dir, cfg, names, data)
+        ckpt, _, note = _find_resume(out_dir, cfg, table, data)
         if ckpt is not None:
             model.load_state_dict(ckpt["model_state"])
             opt.load_state_dict(ckpt["optimizer_state"])
@@ -482,21 +552,22 @@ def pretrain(shard_paths, labels_path, vocabulary_path, out_dir, cfg: PretrainCo
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_macro_auc": val_auc,
                "lr": lr, "seconds": time.perf_counter() - t_epoch}
         history.append(row)
-        state = _checkpoint(model, opt, epoch + 1, history, names, concepts, query, text, cfg, data)
+        state = _checkpoint(model, opt, epoch + 1, history, table, queries, text, cfg, data)
         save_checkpoint(out_dir / IN_PROGRESS, state)
         write_metrics(history, out_dir / "metrics.parquet")
         if on_epoch_end is not None:
             on_epoch_end(row)
     final_epoch = max(start, cfg.epochs)
-    state = _checkpoint(model, opt, final_epoch, history, names, concepts, query, text, cfg, data)
+    state = _checkpoint(model, opt, final_epoch, history, table, queries, text, cfg, data)
     save_checkpoint(out_dir / CHECKPOINT, state)
     (out_dir / IN_PROGRESS).unlink(missing_ok=True)
     write_metrics(history, out_dir / "metrics.parquet")
     plot_curve(history, out_dir / "training_curve.png")
     return {
         "n_shard_records": data.n_records, "n_unlabeled_skipped": data.n_unlabeled,
+        "n_not_pretraining": data.n_not_pretraining, "validation": "corpus split" if data.explicit_val else "hash",
         "n_duplicates_skipped": data.n_duplicates, "n_labels_without_signal": data.n_labels_without_signal,
-        "n_train": data.n_train, "n_val": data.n_val, "n_labels": len(names), "n_samples": data.n_samples,
+        "n_train": data.n_train, "n_val": data.n_val, "n_labels": len(table.ids), "n_samples": data.n_samples,
         "data_mode": "memory" if data.in_memory else "stream", "device": str(device), "start_epoch": start,
         "epochs": final_epoch, "resume": note, "final": history[-1] if history else None,
         "checkpoint": str(out_dir / CHECKPOINT), "seconds": time.perf_counter() - t0,

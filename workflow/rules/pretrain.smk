@@ -3,7 +3,7 @@
 
 rule pretrain:
     input:
-        shards=dataset_shards(dataset="mimic"),
+        shards=dataset_shards(dataset=PRETRAIN_DATASET),
         labels="results/extract/labels.parquet",
         vocabulary="results/extract/label_vocabulary.parquet",
     output:

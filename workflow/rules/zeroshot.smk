@@ -3,10 +3,10 @@
 
 rule task_labels:
     input:
-        manifest=lambda wc: f"results/manifests/{catalogue.task_dataset(wc.task)}.parquet",
-        merl=(
+        manifest=lambda wc: f"results/manifests/{task_dataset(wc.task)}.parquet",
+        merl=lambda wc: (
             ["results/data/merl_splits.json"]
-            if config["labels"]["merl_compat"]
+            if config["labels"]["merl_compat"] and wc.task not in USER_TASKS
             else []
         ),
     output:
@@ -19,14 +19,18 @@ rule task_labels:
         "../../envs/preprocess.yaml"
     params:
         root=DATA_ROOT,
-        merl=(
+        merl=lambda wc: (
             f"--merl-splits-dir {MERL_SPLITS_DIR}"
-            if config["labels"]["merl_compat"]
+            if config["labels"]["merl_compat"] and wc.task not in USER_TASKS
             else ""
         ),
+        spec=lambda wc: task_label_spec(wc.task),
+        split_policy=lambda wc: config["labels"]["split_policy"].get(wc.task, "dataset"),
+        ptbxl_folder=dataset_folder_name("ptbxl"),
     shell:
         "python -m supreme_ecg.cli labels --task {wildcards.task} --manifest {input.manifest}"
-        " --root {params.root} {params.merl} --out {output} > {log} 2>&1"
+        " --root {params.root:q} {params.merl} --spec={params.spec:q} --split-policy {params.split_policy}"
+        " --ptbxl-folder {params.ptbxl_folder:q} --out {output} > {log} 2>&1"
 
 
 rule zeroshot_task:
@@ -58,11 +62,16 @@ rule zeroshot_task:
     threads: 2
     params:
         splits=",".join(config["zeroshot"]["splits"]),
+        # seen = the description would have been merged into a training label: same threshold
+        seen_threshold=config["zeroshot"].get(
+            "seen_threshold", config["extract"]["merge_threshold"]
+        ),
     shell:
         "python -m supreme_ecg.cli zeroshot --task {wildcards.task} --checkpoint {input.checkpoint}"
         " --shards {input.shards} --task-labels {input.labels}"
         " --vocabulary {input.vocabulary} --out-dir results/zeroshot/{wildcards.task}"
-        " --splits {params.splits} --threads {threads} > {log} 2>&1"
+        " --splits {params.splits} --seen-threshold {params.seen_threshold}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule zeroshot_summary:
