@@ -2,6 +2,9 @@
 
 Stages (one rule file each under workflow/rules/, logic in the `supreme_ecg` package):
 data -> index -> preprocess -> extract -> pretrain -> labels -> zeroshot.
+The pre-training corpus (data.pretrain_corpus: mimic, ptbxl or your own manifest) gives the reports
+the labels come from; the zero-shot tasks are the benchmark's (labels.tasks) and your own
+(labels.user_tasks). configs/real-fixtures.yaml runs the chain on the real records of ../shared.
 """
 
 import os

@@ -28,7 +28,7 @@ def manifest(tmp_path):
 def test_extract_stops_with_a_clear_message_when_the_server_is_down(manifest, tmp_path):
     host = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(SystemExit) as stop:
-        cli.main(["extract", "--manifest", str(manifest), "--out-dir", str(tmp_path / "out"),
+        cli.main(["extract", "--reports", str(manifest), "--out", str(tmp_path / "out"),
                   "--cache-dir", str(tmp_path / "cache"), "--backend", "ollama", "--model", "m:1b",
                   "--backend-options", f'{{"host": "{host}", "timeout_s": 2}}'])
     assert "ollama serve" in str(stop.value) and "ollama pull m:1b" in str(stop.value)
@@ -37,8 +37,8 @@ def test_extract_stops_with_a_clear_message_when_the_server_is_down(manifest, tm
 
 def test_extract_fallback_rows_name_the_backend(manifest, tmp_path):
     host = f"http://127.0.0.1:{_closed_port()}"
-    assert cli.main(["extract", "--manifest", str(manifest), "--out-dir", str(tmp_path / "out"),
-                     "--cache-dir", str(tmp_path / "cache"), "--backend", "openai", "--min-label-count", "1",
+    assert cli.main(["extract", "--reports", str(manifest), "--out", str(tmp_path / "out"),
+                     "--cache-dir", str(tmp_path / "cache"), "--backend", "openai", "--min-label-count", "1", "--text-encoder", "none",
                      "--backend-options", f'{{"host": "{host}/v1", "model": "m", "fallback": "lexicon"}}']) == 0
     records = pd.read_parquet(tmp_path / "out" / "records.parquet")
     assert records["backend"].tolist() == ["lexicon", "lexicon"]

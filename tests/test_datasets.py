@@ -276,3 +276,129 @@ def test_original_cpsc2018_release_accounts_for_strays_and_rejects_bad_codes(tmp
     reference.to_csv(root / datasets.CPSC2018_REFERENCE, index=False)
     with pytest.raises(ValueError, match="A0001 has Second_label=10"):
         datasets.index_dataset("cpsc2018", tmp_path)
+
+
+# --------------------------------------------------------------------------- any corpus pre-trains; user tasks
+
+
+def _ptbxl_like(folds) -> pd.DataFrame:
+    return pd.DataFrame({"record_id": [f"ptbxl/{i}" for i in range(len(folds))], "strat_fold": folds,
+                         "split": "x", "report": "sinusrhythmus"})
+
+
+def test_ptbxl_corpus_pretrains_on_the_chosen_folds_only():
+    marked = datasets.mark_pretraining(_ptbxl_like([1, 8, 9, 10, 10]), "ptbxl", {"train": [1, 8], "val": [9]})
+    assert marked["pretrain_split"].tolist() == ["train", "train", "val", "", ""]
+    rows = datasets.pretraining_rows(marked)
+    assert rows["record_id"].tolist() == ["ptbxl/0", "ptbxl/1", "ptbxl/2"] and rows.attrs["n_left_out"] == 2
+    default = datasets.mark_pretraining(_ptbxl_like(list(range(1, 11))), "ptbxl")
+    assert default["pretrain_split"].tolist() == ["train"] * 8 + ["val", ""]
+    with pytest.raises(ValueError, match="both"):
+        datasets.mark_pretraining(_ptbxl_like([1]), "ptbxl", {"train": [1], "val": [1]})
+    with pytest.raises(ValueError, match="not the pre-training corpus"):
+        datasets.pretraining_rows(_ptbxl_like([1]))
+
+
+def test_mimic_corpus_pretrains_on_every_record():
+    marked = datasets.mark_pretraining(pd.DataFrame({"record_id": ["1", "2"], "split": "pretrain"}), "mimic")
+    assert marked["pretrain_split"].tolist() == ["train", "train"]
+
+
+def _write_user_corpus(tmp_path, suffix=".csv", **extra):
+    (tmp_path / "ecg").mkdir()
+    table = pd.DataFrame({"path": ["ecg/a1.hea", "ecg/b2", "/abs/c3.mat"],
+                          "report": ["Sinus rhythm. Left axis deviation", "Atrial fibrillation", ""],
+                          "patient_id": ["p1", "p1", "p2"], "sampling_rate": [500, 500, 250], **extra})
+    path = tmp_path / f"corpus{suffix}"
+    if suffix == ".csv":
+        table.to_csv(path, index=False)
+    else:
+        table.to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_user_manifest_becomes_a_pretraining_corpus(tmp_path, suffix):
+    path = _write_user_corpus(tmp_path, suffix)
+    m = datasets.index_dataset("manifest", tmp_path / "unused", kind="manifest", manifest=str(path),
+                               pretrain_corpus="manifest")
+    assert m["record_id"].tolist() == ["manifest/ecg/a1", "manifest/ecg/b2", "manifest/abs/c3"]
+    assert m["source_path"].tolist() == [str(tmp_path / "ecg/a1.hea"), str(tmp_path / "ecg/b2"), "/abs/c3.mat"]
+    assert m["report"].tolist()[:2] == ["Sinus rhythm. Left axis deviation", "Atrial fibrillation"]
+    assert m["patient_id"].tolist() == ["p1", "p1", "p2"] and m["source_fs"].tolist() == [500, 500, 250]
+    assert (m["dataset"] == "manifest").all() and (m["pretrain_split"] == "train").all()
+
+
+def test_user_manifest_split_column_chooses_validation_and_ids_are_kept(tmp_path):
+    path = _write_user_corpus(tmp_path, record_id=["r1", "r2", "r3"], split=["train", "val", "test"])
+    m = datasets.index_dataset("manifest", tmp_path, kind="manifest", manifest=str(path), pretrain_corpus="manifest")
+    assert m["record_id"].tolist() == ["r1", "r2", "r3"]
+    assert m["pretrain_split"].tolist() == ["train", "val", ""]
+
+
+def test_user_manifest_names_what_it_lacks(tmp_path):
+    pd.DataFrame({"path": ["a"], "text_of_report": ["x"]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ValueError, match=r"report: one of \['report'"):
+        datasets.index_user_manifest(tmp_path / "m.csv", "manifest")
+    pd.DataFrame({"path": ["a", "a"], "report": "x", "patient_id": 1}).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(ValueError, match="repeat"):
+        datasets.index_user_manifest(tmp_path / "d.csv", "manifest")
+
+
+GEORGIA_LIKE = {"label_source": "snomed", "classes": [
+    {"name": "AF", "description": "atrial fibrillation", "codes": ["164889003"]},
+    {"name": "PAC", "description": "premature atrial contraction", "codes": ["284470004", 63593006]},
+    {"name": "SR", "codes": ["426783006"]},
+]}
+
+
+def test_user_task_labels_from_snomed_codes_with_definition_in_the_parquet(tmp_path):
+    manifest = pd.DataFrame({"record_id": ["g/1", "g/2", "g/3"], "split": ["train", "val", "test"],
+                             "dx_codes": [["164889003", "63593006"], ["426783006"], []]})
+    labels = datasets.user_task_labels(manifest, "mine", GEORGIA_LIKE)
+    assert labels[["AF", "PAC", "SR"]].to_numpy().tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 0]]
+    assert labels["AF"].dtype == np.int8 and labels.attrs["n_dropped"] == 0
+    labels = datasets.apply_split_policy(labels, "all_test")
+    assert (labels["split"] == "test").all()
+    path = tmp_path / "mine.parquet"
+    datasets.write_task_labels(labels, path, datasets.task_definition("mine", GEORGIA_LIKE), "all_test")
+    classes = datasets.task_classes_from_labels(path)
+    assert [(c.name, c.description, c.snomed) for c in classes] == [
+        ("AF", "atrial fibrillation", ("164889003",)),
+        ("PAC", "premature atrial contraction", ("284470004", "63593006")), ("SR", "SR", ("426783006",))]
+    assert pd.read_parquet(path).equals(labels)
+
+
+def test_user_task_labels_from_class_names_and_scp_codes():
+    names = {"label_source": "name", "classes": [{"name": "AF", "codes": ["atrial fibrillation"]}, {"name": "NORM"}]}
+    manifest = pd.DataFrame({"record_id": ["1", "2"], "split": "test", "codes": ["af;norm", "Atrial Fibrillation"]})
+    m = datasets.user_task_labels(manifest.assign(codes=[datasets._code_list(v.replace(";", ",")) for v in
+                                                         manifest["codes"]]), "t", names)
+    assert m[["AF", "NORM"]].to_numpy().tolist() == [[1, 1], [1, 0]]
+    scp = {"label_source": "scp", "classes": [{"name": "LVH", "codes": ["LVH"]}]}
+    ptb = pd.DataFrame({"record_id": ["1", "2"], "split": "test", "scp_codes": ["{'LVH': 50.0}", "{'NORM': 100.0}"]})
+    assert datasets.user_task_labels(ptb, "t", scp)["LVH"].tolist() == [1, 0]
+    with pytest.raises(ValueError, match="no codes"):
+        datasets.user_task_classes("t", {"classes": [{"name": "X"}]})
+
+
+def test_benchmark_task_definition_is_written_too(tmp_path):
+    definition = datasets.task_definition("cpsc2018")
+    assert definition["dataset"] == "cpsc2018" and not definition["user"]
+    assert [c["name"] for c in definition["classes"]] == [c.name for c in catalogue.task_classes("cpsc2018")]
+
+
+@needs_cinc
+def test_index_dataset_reads_a_cinc_folder_of_any_name(tmp_path):
+    m = datasets.index_dataset("georgia", FIXTURES, folder="cinc2020/georgia")
+    assert len(m) == 13 and (m["dataset"] == "georgia").all()
+    assert m["record_id"].iloc[0] == "georgia/E00001"
+    assert (FIXTURES / (m["source_path"].iloc[0] + ".hea")).is_file()
+    assert set(m["split"]) <= {"train", "val", "test"}
+
+
+def test_describe_unverified_says_so(tmp_path):
+    (tmp_path / "a.hea").write_text("x")
+    report = datasets.describe_unverified("georgia", tmp_path)
+    assert report["files"] == 1 and report["verified"] == 0 and not report["checksums_checked"]
+    assert "WITHOUT checksum verification" in report["note"]

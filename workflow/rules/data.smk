@@ -1,4 +1,6 @@
-"""Datasets in: the embedded demo, or PhysioNet downloads / local copies verified by checksum."""
+"""Datasets in: the embedded demo, PhysioNet downloads / local copies verified by checksum, or local
+folders and user manifests read in place unverified (said so in results/data/<dataset>.json).
+"""
 
 
 rule demo_data:
@@ -35,7 +37,7 @@ rule fetch_dataset:
     benchmark:
         "benchmarks/out/fetch_dataset/{dataset}.tsv"
     wildcard_constraints:
-        dataset="mimic|ptbxl|cpsc2018|csn",
+        dataset=_regex([d for d in DATASET_FOLDERS if d not in UNVERIFIED]),
     conda:
         "../../envs/extract.yaml"
     threads: 8
@@ -67,6 +69,25 @@ rule fetch_merl_splits:
         " --commit {params.commit} --out {output} > {log} 2>&1"
 
 
+rule read_in_place:
+    output:
+        "results/data/{dataset}.json",
+    log:
+        "logs/fetch_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/out/fetch_dataset/{dataset}.tsv"
+    wildcard_constraints:
+        dataset=_regex(UNVERIFIED),
+    conda:
+        "../../envs/preprocess.yaml"
+    params:
+        folder=lambda wildcards: dataset_spec(wildcards.dataset)["manifest"]
+        or dataset_folder(wildcards.dataset),
+    shell:
+        "python -m supreme_ecg.cli data-unverified --dataset {wildcards.dataset} --folder {params.folder:q}"
+        " --out {output} > {log} 2>&1"
+
+
 checkpoint index_dataset:
     input:
         dataset_ready,
@@ -76,9 +97,40 @@ checkpoint index_dataset:
         "logs/index_dataset/{dataset}.log",
     benchmark:
         "benchmarks/out/index_dataset/{dataset}.tsv"
+    wildcard_constraints:
+        dataset=_regex(DATASETS),
     conda:
         "../../envs/preprocess.yaml"
     params:
         root=DATA_ROOT,
+        folder=lambda wildcards: dataset_spec(wildcards.dataset)["folder"],
+        kind=lambda wildcards: dataset_spec(wildcards.dataset)["kind"],
+        manifest=lambda wildcards: dataset_spec(wildcards.dataset)["manifest"],
+        corpus=lambda wildcards: dataset_spec(wildcards.dataset).get(
+            "pretrain_corpus", ""
+        ),
+        folds=lambda wildcards: json.dumps(
+            dataset_spec(wildcards.dataset).get("ptbxl_folds", {}), sort_keys=True
+        ),
     shell:
-        "python -m supreme_ecg.cli index --dataset {wildcards.dataset} --root {params.root} --out {output} > {log} 2>&1"
+        "python -m supreme_ecg.cli index --dataset {wildcards.dataset} --root {params.root:q}"
+        " --folder {params.folder:q} --kind {params.kind} --manifest-file={params.manifest:q}"
+        " --pretrain-corpus={params.corpus:q} --ptbxl-folds={params.folds:q}"
+        " --out {output} > {log} 2>&1"
+
+
+rule pretrain_corpus:
+    input:
+        f"results/manifests/{PRETRAIN_DATASET}.parquet",
+    output:
+        "results/manifests/pretrain_corpus.parquet",
+    log:
+        "logs/pretrain_corpus.log",
+    benchmark:
+        "benchmarks/out/pretrain_corpus.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    params:
+        corpus=PRETRAIN_DATASET,
+    shell:
+        "python -m supreme_ecg.cli pretrain-corpus --manifest {input} --out {output} > {log} 2>&1"
