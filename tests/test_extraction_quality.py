@@ -1,4 +1,4 @@
-"""Extraction quality against PTB-XL SCP codes: the scoring, and the lexicon's figures on the real reports."""
+"""Extraction quality against PTB-XL SCP codes: scoring, the split, languages, the real figures."""
 
 from __future__ import annotations
 
@@ -9,65 +9,44 @@ import pytest
 
 from supreme_ecg import extraction_quality as q
 from supreme_ecg.settings import fixtures_dir
-from supreme_ecg.testing.fake_llm_server import FakeLLMServer
 
-PTBXL = fixtures_dir() / "ptbxl"
-needs_ptbxl = pytest.mark.skipif(not (PTBXL / "ptbxl_database.csv").exists(), reason=f"no PTB-XL fixtures at {PTBXL}")
-LEXICON_MICRO_F1 = 0.811  # measured on the 500 fixture reports (concepts v2)
-
-
-def test_gold_concepts_map_scp_codes_and_excuse_ambiguous_ones():
-    gold, excused = q.gold_concepts("{'NORM': 100.0, 'SR': 0.0, 'QWAVE': 0.0, 'IMI': 35.0, 'XYZ': 100.0}")
-    assert gold == {"normal_ecg", "sinus_rhythm", "inferior_myocardial_infarction"}
-    assert excused == {"anterior_myocardial_infarction", "lateral_myocardial_infarction"}
-    assert q.gold_concepts({"NORM": 100.0, "SR": 0.0}, min_likelihood=50)[0] == {"normal_ecg"}
+PTBXL, MORE = fixtures_dir() / "ptbxl", fixtures_dir() / "ptbxl_reports"
+needs_both = pytest.mark.skipif(not (PTBXL / "ptbxl_database.csv").exists() or not (MORE / "ptbxl_database.csv").exists(),
+                                reason="no PTB-XL report fixtures in ../shared")
+HELDOUT_MICRO_F1 = 0.70  # measured 0.715 on the held-out half (lexicon, glossary v1, audit threshold 0.80)
 
 
 def test_score_counts_hits_misses_and_false_alarms():
-    gold = {1: ({"sinus_rhythm", "normal_ecg"}, set()), 2: ({"atrial_fibrillation"}, {"st_elevation"})}
-    predicted = {1: {"sinus_rhythm", "left_bundle_branch_block"}, 2: {"atrial_fibrillation", "st_elevation"}}
-    table = q.score(gold, predicted).set_index("concept_id")
-    assert table.loc["sinus_rhythm", ["tp", "fp", "fn"]].tolist() == [1, 0, 0]
-    assert table.loc["normal_ecg", ["tp", "fp", "fn", "recall"]].tolist() == [0, 0, 1, 0.0]
-    assert table.loc["left_bundle_branch_block", ["tp", "fp", "precision"]].tolist() == [0, 1, 0.0]
-    assert "st_elevation" not in table.index  # excused
-    assert table.loc["micro", ["tp", "fp", "fn"]].tolist() == [2, 1, 1]
-    assert table.loc["micro", "f1"] == pytest.approx(2 / 3)
+    codes = {"SR": "sinus rhythm", "NORM": "normal ECG", "AFIB": "atrial fibrillation", "CLBBB": "lbbb"}
+    table = q.score({1: {"SR", "NORM"}, 2: {"AFIB"}}, {1: {"SR", "CLBBB"}, 2: {"AFIB"}}, codes).set_index("code")
+    assert table.loc["SR", ["tp", "fp", "fn"]].tolist() == [1, 0, 0]
+    assert table.loc["NORM", ["tp", "fp", "fn"]].tolist() == [0, 0, 1]
+    assert table.loc["CLBBB", ["tp", "fp", "precision"]].tolist() == [0, 1, 0.0]
+    assert table.loc["micro", ["tp", "fp", "fn"]].tolist() == [2, 1, 1] and table.loc["micro", "f1"] == pytest.approx(2 / 3)
+    assert table.loc["macro", "f1"] == pytest.approx((1 + 0 + 1) / 3)  # codes with support only
 
 
-def test_predicted_concepts_follow_polarity_and_the_uncertain_policy():
-    entities = pd.DataFrame({
-        "record_id": [1, 1, 1, 2],
-        "concept_id": ["sinus_rhythm", "st_elevation", "left_atrial_enlargement", "unmapped"],
-        "polarity": ["present", "absent", "uncertain", "present"],
-    })  # fmt: skip
-    assert q.predicted_concepts(entities) == {1: {"sinus_rhythm", "left_atrial_enlargement"}}
-    assert q.predicted_concepts(entities, "negative") == {1: {"sinus_rhythm"}}
+def test_language_heuristic():
+    assert q.language("sinusrhythmus linkstyp t abnorm") == "de"
+    assert q.language("sinusrytm vÄnster el-axel") == "sv"
+    assert q.language("sinus rhythm. normal ecg.") == "en"
+
+
+def test_the_split_is_a_stable_hash_half():
+    assert q.in_lower_half(1) == q.in_lower_half("1")
+    halves = [q.in_lower_half(i) for i in range(2000)]
+    assert 900 < sum(halves) < 1100
 
 
 @pytest.mark.fixtures
-@needs_ptbxl
-def test_lexicon_quality_on_the_real_ptbxl_reports(tmp_path, capsys):
+@needs_both
+def test_lexicon_quality_on_the_held_out_reports(tmp_path, capsys):
     out = tmp_path / "quality"
-    assert q.main(["--ptbxl", str(PTBXL), "--backend", "lexicon", "--out", str(out),
-                   "--cache", str(tmp_path / "c.sqlite")]) == 0  # fmt: skip
-    summary = json.loads((out / "quality_lexicon.json").read_text())
-    assert summary["n_reports"] == 500 and summary["backend"] == "lexicon"
-    assert summary["micro_f1"] >= LEXICON_MICRO_F1 - 0.03, summary
-    table = pd.read_parquet(out / "quality_lexicon.parquet").set_index("concept_id")
-    csv = pd.read_csv(out / "quality_lexicon.csv").set_index("concept_id")
-    assert csv.index.tolist() == table.index.tolist() and csv.f1.round(4).equals(table.f1.round(4))
-    assert table.loc["sinus_rhythm", "f1"] > 0.95 and table.loc["micro", "f1"] == pytest.approx(summary["micro_f1"])
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("backend=lexicon model=concepts-v")
-
-
-@pytest.mark.fixtures
-@needs_ptbxl
-def test_any_backend_can_be_scored_the_same_way(tmp_path):
-    """An LLM backend (here the loopback server answering like the lexicon) gets the same figures."""
-    with FakeLLMServer(model="fake-model") as server:
-        assert q.main(["--ptbxl", str(PTBXL), "--backend", "ollama", "--model", "fake-model", "--host", server.url,
-                       "--concurrency", "8", "--out", str(tmp_path), "--cache", str(tmp_path / "c.sqlite")]) == 0  # fmt: skip
-        assert server.chat_calls > 0
-    llm = json.loads((tmp_path / "quality_ollama_fake-model.json").read_text())
-    assert llm["micro_f1"] == pytest.approx(LEXICON_MICRO_F1, abs=0.001) and llm["n_failed_units"] == 0
+    assert q.main(["--split", "heldout", "--direct", "--backend", "lexicon", "--out", str(out)]) == 0
+    summary = json.loads((out / "quality_lexicon_heldout.json").read_text())
+    assert summary["n_reports"] > 900 and summary["micro_f1"] >= HELDOUT_MICRO_F1, summary
+    table = pd.read_parquet(out / "quality_lexicon_heldout.parquet").set_index("code")
+    assert len(table) == 71 + 2 and table.loc["SR", "f1"] > 0.95
+    assert {r["language"] for r in summary["languages"]} == {"de", "en", "sv"}
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"micro_f1={summary['micro_f1']:.4f} macro_f1={summary['macro_f1']:.4f} n_reports={summary['n_reports']}"

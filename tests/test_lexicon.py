@@ -86,7 +86,7 @@ def test_backend_answers_validate_and_carry_the_rules_version():
     backend = LexiconBackend()
     assert backend.model == f"open-lexicon-{rules_version()[:12]}" and backend.prompt_version == "none"
     (a, b) = backend.extract(["sinus rhythm with pvc(s)", ""])
-    assert [e.name for e in a.entities] == ["sinus rhythm", "premature ventricular contraction"] and a.error is None
+    assert [e.name for e in a.entities] == ["sinus rhythm", "premature ventricular complex"] and a.error is None
     assert b.entities == [] and b.error is None
     assert a.entities[1].category == "rhythm" and category_of("left anterior fascicular block") == "conduction"
 
@@ -105,6 +105,102 @@ def test_real_mimic_statements_get_sensible_names():
     assert got["rbbb with left anterior fascicular block"] == [("right bundle branch block", "present"),
                                                               ("left anterior fascicular block", "present")]
     assert got["possible anteroseptal infarct - age undetermined"] == [("anteroseptal infarct", "uncertain")]
-    assert got["atrial fibrillation with pvc(s) or aberrant ventricular conduction"][1] == ("premature ventricular contraction", "present")
+    assert got["atrial fibrillation with pvc(s) or aberrant ventricular conduction"][1] == ("premature ventricular complex", "present")
     assert all(got[s] for s in got), [s for s in got if not got[s]]
     assert all(e["text"] for s in top.statement for e in statement_entities(s))
+
+
+# --- general MIMIC-style wording (regional lists, predicates, lead regions, labels, block types, premature beats)
+
+def test_a_region_list_before_one_finding_is_distributed_one_entity_per_region():
+    assert names("inferior/lateral st-t changes suggest myocardial infarct") == [
+        ("inferior st-t changes", "present"), ("lateral st-t changes", "present"), ("myocardial infarct", "uncertain")]
+    assert names("inferior and lateral st elevation, consider acute infarct")[:2] == [
+        ("inferior st elevation", "present"), ("lateral st elevation", "present")]
+    assert names("ant/septal and lateral st-t changes suggest myocardial infarct")[:2] == [
+        ("anteroseptal st-t changes", "present"), ("lateral st-t changes", "present")]
+    got = statement_entities("extensive infarct with possible acute inferior and lateral changes")
+    assert [(e["name"], e["polarity"], e["qualifiers"]["acuity"]) for e in got] == [
+        ("extensive infarct", "present", ""), ("inferior changes", "uncertain", "acute"), ("lateral changes", "uncertain", "acute")]
+    assert all(e["name"] not in ("inferior", "lateral", "anteroseptal") for e in got)
+
+
+def test_a_trailing_predicate_becomes_a_leading_modifier():
+    assert names("lateral st-t changes are nonspecific") == [("nonspecific lateral st-t changes", "present")]
+    assert names("inferior/lateral t wave changes are nonspecific") == [
+        ("nonspecific inferior t wave changes", "present"), ("nonspecific lateral t wave changes", "present")]
+
+
+@pytest.mark.parametrize("statement, name", [("t wave inversion, diffuse leads", "diffuse t wave inversion"),
+                                             ("flat t waves, diffuse leads", "diffuse flat t waves"),
+                                             ("t wave inversion, lateral leads", "lateral t wave inversion"),
+                                             ("flat t waves, anterolateral leads", "anterolateral flat t waves")])
+def test_lead_regions_after_a_comma_qualify_the_finding_before(statement, name):
+    (e,) = statement_entities(statement)
+    assert e["name"] == name and "lead" not in e["name"]
+    assert one("t wave inversion, lateral leads")["qualifiers"]["leads"] == ["i", "avl", "v5", "v6"]
+
+
+def test_report_labels_and_remarks_are_dropped():
+    assert names("summary: abnormal ecg") == []
+    assert names("summary: normal ecg") == [("normal ecg", "present")]
+    assert names("normal ecg except for rate") == [("normal ecg", "present")]
+    assert names("possible faulty v3 - omitted from analysis") == []
+
+
+def test_wpw_and_second_degree_block_types_are_single_entities():
+    assert names("ventricular pre-excitation, wpw pattern type a") == [
+        ("ventricular pre-excitation", "present"), ("wolff-parkinson-white pattern", "present")]
+    assert names("sinus rhythm with 2nd degree a-v block, mobitz ii") == [
+        ("sinus rhythm", "present"), ("second degree av block mobitz ii", "present")]
+    e = statement_entities("sinus rhythm with 2nd degree a-v block, mobitz i (wenckebach)")[1]
+    assert e["name"] == "second degree av block mobitz i" and e["text"] == "2nd degree a-v block, mobitz i (wenckebach)"
+
+
+@pytest.mark.parametrize("statement", ["pvc", "pvc(s)", "premature ventricular contraction", "premature ventricular complexes",
+                                       "ventricular premature complex", "ventricular premature beats", "vpcs"])
+def test_premature_ventricular_beats_have_one_name(statement):
+    assert names(statement) == [("premature ventricular complex", "present")]
+
+
+@pytest.mark.parametrize("statement", ["pac(s)", "premature atrial contractions", "atrial premature complex",
+                                       "atrial premature beat", "premature atrial complexes"])
+def test_premature_atrial_beats_have_one_name(statement):
+    assert names(statement) == [("premature atrial complex", "present")]
+
+
+def test_voltage_criteria_keep_their_hypertrophy_and_normal_variant_is_a_comment():
+    e = one("minimal voltage criteria for lvh, may be normal variant")
+    assert (e["name"], e["polarity"], e["qualifiers"]["severity"]) == (
+        "voltage criteria for left ventricular hypertrophy", "present", "minimal")
+    assert one("moderate voltage criteria for lvh, may be normal variant")["qualifiers"]["severity"] == "moderate"
+    assert names("voltage criteria for left ventricular hypertrophy") == [("voltage criteria for left ventricular hypertrophy", "present")]
+
+
+def test_other_general_mimic_wording():
+    assert names("irregular sinus bradycardia") == [("irregular sinus bradycardia", "present")]
+    assert names("strongly suggests myocardial infarction") == [("myocardial infarction", "uncertain")]
+    assert names("anteroseptal st depression is probably reciprocal to inferior infarct") == [
+        ("anteroseptal st depression", "present"), ("inferior infarct", "uncertain")]
+    assert names("a-flutter/fibrillation w/ complete av block") == [
+        ("atrial flutter", "present"), ("atrial fibrillation", "present"), ("complete av block", "present")]
+    assert names("anterior st-t changes suggest myocardial injury/ischemia")[1:] == [
+        ("myocardial injury", "uncertain"), ("myocardial ischemia", "uncertain")]
+    assert names("this may be due to lv strain or ischaemia") == [("left ventricular strain", "uncertain"), ("ischemia", "uncertain")]
+    assert all("rate min" not in n for n, _ in names("junctional bradycardia rate 41/min"))  # units borrow no head
+    assert one("probable anterolateral infarct, age indeterm")["qualifiers"]["acuity"] == "age undetermined"
+    assert names("i.v. conduction defect of left bundle branch block type") == [
+        ("conduction defect of left bundle branch block type", "present")]
+
+
+_JUNK = {"inferior", "lateral", "anterior", "septal", "anteroseptal", "posterior", "summary", "type", "strongly",
+         "irregular", "slow", "fast", "diffuse lead", "diffuse leads", "except for rate", "normal variant", "faulty"}
+
+
+@pytest.mark.fixtures
+@pytest.mark.skipif(not MIMIC.exists(), reason=f"no MIMIC statements at {MIMIC}")
+def test_no_junk_entities_on_real_mimic_statements():
+    got = {e["name"]: s for s in pd.read_csv(MIMIC).statement for e in statement_entities(s)}
+    junk = {n: s for n, s in got.items() if n in _JUNK or n.endswith((" are nonspecific", " is nonspecific"))
+            or n.startswith(("some ", "strongly ", "although ")) or n.startswith("mobitz")}
+    assert not junk, junk

@@ -1,27 +1,27 @@
-"""Extraction quality on real PTB-XL reports: extracted concepts vs the records' SCP codes.
+"""Extraction quality on real PTB-XL reports: extracted open entities vs the records' SCP codes.
 
     python -m supreme_ecg.extraction_quality --ptbxl ../shared/fixtures/ptbxl --backend lexicon --out results/quality/
-    python -m supreme_ecg.extraction_quality --ptbxl ... --backend ollama --model llama3.1:70b [--host URL] --out ...
+    python -m supreme_ecg.extraction_quality --split heldout --backend lexicon --out results/quality/
+    python -m supreme_ecg.extraction_quality --mimic-statements ../shared/fixtures/mimic_iv_ecg/statements.csv --top 50
 
-Runs the extract stage (same splitting, cache and validation as the workflow) on the ``report``
-column of ``ptbxl_database.csv``, then scores per record the set of extracted concepts against the
-concepts of the record's ``scp_codes`` (SCP code → concept via the catalogue's ``scp`` lists). Only
-concepts that have an SCP code are scored, and only they count as predictions. An extracted
-concept counts if it is ``present`` (and, with ``--uncertain positive``, the default, if it is
-``uncertain``); by default every SCP code of a record counts whatever its likelihood (PTB-XL gives
-rhythm and form statements likelihood 0). An SCP code that maps to several concepts (``QWAVE``)
-excuses them rather than demanding all (:func:`gold_concepts`).
+The extraction stage (same splitting, cache and validation as the workflow; ``--direct`` calls the
+backend on the split statements instead) runs on the ``report`` column of ``ptbxl_database.csv``.
+Per record, gold = every SCP code of its ``scp_codes`` (any likelihood unless ``--min-likelihood``),
+and predicted = the SCP codes that the AUDIT mapping (:mod:`supreme_ecg.label_codes`: exact name,
+else text-encoder nearest neighbour above a threshold) gives the names of its present entities (and
+uncertain ones with ``--uncertain positive``, the default). Every code of ``scp_statements.csv`` is
+scored; macro-F1 averages the codes with support. Rows per language (de/en/sv, :func:`language`).
 
-Writes ``quality_<tag>.csv`` / ``.parquet`` (one row per concept: support, tp, fp, fn, precision,
-recall, f1, plus a ``micro`` and a ``macro`` row) and ``quality_<tag>.json`` (summary) to ``--out``,
-where ``<tag>`` is the backend (and model); prints the summary and the weakest concepts. The
-PTB-XL gold labels are cardiologists' SCP statements, not a transcription of the report, so
-they disagree with the report text now and then: the figures are a floor, comparable across backends.
+The split (``--split``): *tune* = every record of ``--ptbxl`` plus the records of ``--more`` whose
+sha256(str(ecg_id)) lies in the lower half; *heldout* = the upper half of ``--more``; *all* =
+``--ptbxl`` only. Rules are tuned on *tune* only. PTB-XL's codes are cardiologists' statements, not
+a transcription of the report, so the figures are a floor, comparable across backends.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -32,154 +32,215 @@ from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from supreme_ecg import extract
-from supreme_ecg.catalogue import concepts
 from supreme_ecg.datasets import parse_scp_codes
-from supreme_ecg.llm_cache import CACHE_ENV
+from supreme_ecg.label_codes import DEFAULT_THRESHOLD, CodeMapper, scp_names
 from supreme_ecg.settings import fixtures_dir
 
-METRIC_COLUMNS = ("concept_id", "name", "scp", "support", "n_predicted", "tp", "fp", "fn", "precision", "recall", "f1")
+METRIC_COLUMNS = ("code", "description", "support", "n_predicted", "tp", "fp", "fn", "precision", "recall", "f1")
+SPLITS = ("all", "tune", "heldout")
+_SV = re.compile(r"sinusrytm|v[äa]nster|h[öo]ger|f[öo]rmak|avvikande|normalt ekg|kammar|sk[äa]nkelblock|el-axel|"
+                 r"s[åa]som vid|\bischemi\b|s[äa]nkning|eljest|b[öo]r [öo]verv|arytmi\b")  # fmt: skip
+_DE = re.compile(r"sinusrhythmus|sinusbradykardie|sinustachykardie|lagetyp|linkstyp|rechtstyp|vorhof|schenkelblock|"
+                 r"\babnorm\b|infarkt|isch[äa]mie|hypertrophie|unbest|wahrscheinlich|ableitungen|arrhythmie|"
+                 r"extrasystole|\bekg\b|senkung|hebung|verl[äa]ngerung|\bund\b")  # fmt: skip
 
 
-def scp_concepts() -> dict[str, set[str]]:
-    """SCP code → concepts that express it."""
-    table: dict[str, set[str]] = defaultdict(set)
-    for c in concepts().values():
-        for code in c.scp:
-            table[code].add(c.id)
-    return dict(table)
+def language(report: str) -> str:
+    """"sv", "de" or "en" by characteristic words (Swedish checked first: it shares "ekg", "infarkt")."""
+    text = str(report).casefold()
+    return "sv" if _SV.search(text) else "de" if _DE.search(text) else "en"
 
 
-def gold_concepts(scp_codes: str | dict, min_likelihood: float = 0.0) -> tuple[set[str], set[str]]:
-    """(gold concepts, excused concepts) of a record's ``scp_codes`` (a dict or its literal string).
-
-    A code that maps to one concept makes it gold. A code that maps to several (``QWAVE``: Q waves
-    of an anterior, inferior or lateral infarct) says only that one of them may be right: those
-    concepts are *excused* — predicting them is neither a hit nor a false alarm, missing them is no miss.
-    """
-    codes = parse_scp_codes(scp_codes)
-    table = scp_concepts()
-    kept = [table.get(code, set()) for code, lik in codes.items() if float(lik) >= min_likelihood]
-    gold = {cid for cids in kept if len(cids) == 1 for cid in cids}
-    return gold, {cid for cids in kept if len(cids) > 1 for cid in cids} - gold
+def in_lower_half(ecg_id) -> bool:
+    """True if sha256(str(ecg_id)) falls in the lower half of its range (the *tune* half)."""
+    return hashlib.sha256(str(ecg_id).encode()).digest()[0] < 128
 
 
-def predicted_concepts(entities: pd.DataFrame, uncertain: str = "positive") -> dict[object, set[str]]:
-    """record_id → concepts extracted as present (and uncertain, if counted), never absent ones."""
-    rank = {"absent": 0, "uncertain": 1, "present": 2}
-    best: dict[tuple, int] = {}
-    for rid, cid, pol in entities[["record_id", "concept_id", "polarity"]].itertuples(index=False):
-        if cid != extract.UNMAPPED:
-            best[(rid, cid)] = max(best.get((rid, cid), 0), rank[pol])
-    keep = {2, 1} if uncertain == "positive" else {2}
-    out: dict[object, set[str]] = defaultdict(set)
-    for (rid, cid), r in best.items():
-        if r in keep:
-            out[rid].add(cid)
+def load_split(ptbxl_dir, split: str = "all", more_dir=None) -> pd.DataFrame:
+    """ecg_id, report, scp_codes of the records of a split (see the module docstring)."""
+    cols = ["ecg_id", "report", "scp_codes"]
+    base = pd.read_csv(Path(ptbxl_dir) / "ptbxl_database.csv", usecols=cols)
+    if split == "all":
+        return base
+    more = pd.read_csv(Path(more_dir) / "ptbxl_database.csv", usecols=cols)
+    lower = more.ecg_id.map(in_lower_half)
+    picked = pd.concat([base, more[lower]]) if split == "tune" else more[~lower]
+    return picked.drop_duplicates("ecg_id").reset_index(drop=True)
+
+
+def direct_entities(db: pd.DataFrame, backend) -> pd.DataFrame:
+    """record_id, name, polarity of every entity, by calling ``backend`` on the split statements."""
+    from supreme_ecg.extract.statements import segment_report
+
+    units = {rid: segment_report(r, "statement").units for rid, r in zip(db.ecg_id, db.report)}
+    distinct = list(dict.fromkeys(u for us in units.values() for u in us))
+    answers = dict(zip(distinct, backend.extract(distinct)))
+    rows = [(rid, e.name, e.polarity) for rid, us in units.items() for u in us for e in answers[u].entities]
+    return pd.DataFrame(rows, columns=["record_id", "name", "polarity"])
+
+
+def stage_entities(db: pd.DataFrame, backend, cache_path, work_dir) -> pd.DataFrame:
+    """The same, through the extraction stage (:func:`supreme_ecg.extract.stage.extract_reports`)."""
+    from supreme_ecg.extract.stage import extract_reports
+
+    manifest = Path(work_dir) / "reports.csv"
+    db.rename(columns={"ecg_id": "record_id"})[["record_id", "report"]].to_csv(manifest, index=False)
+    extract_reports(manifest, Path(work_dir) / "extract", backend, cache_path, min_label_count=1)
+    return pd.read_parquet(Path(work_dir) / "extract" / "entities.parquet", columns=["record_id", "name", "polarity"])
+
+
+def predicted_codes(entities: pd.DataFrame, mapper: CodeMapper, uncertain: str = "positive") -> dict:
+    """record_id → audit-mapped codes of its present (and, if counted, uncertain) entities."""
+    keep = {"present", "uncertain"} if uncertain == "positive" else {"present"}
+    kept = entities[entities.polarity.isin(keep)]
+    code_of = {m.name: m.code for m in mapper.map(kept.name.unique())}
+    out: dict = defaultdict(set)
+    for rid, name in zip(kept.record_id, kept.name):
+        if code_of[name]:
+            out[rid].add(code_of[name])
     return out
 
 
-def score(gold: dict[object, tuple[set[str], set[str]]], predicted: dict[object, set[str]]) -> pd.DataFrame:
-    """Per-concept and micro/macro precision, recall, F1 over the records of ``gold`` (see :func:`gold_concepts`)."""
-    scored = sorted({cid for cid in concepts() if concepts()[cid].scp})
-    counts = {cid: [0, 0, 0] for cid in scored}  # tp, fp, fn
-    for rid, (truth, excused) in gold.items():
-        pred = (predicted.get(rid, set()) & set(scored)) - excused
-        for cid in truth & pred:
-            counts[cid][0] += 1
-        for cid in pred - truth:
-            counts[cid][1] += 1
-        for cid in truth - pred:
-            counts[cid][2] += 1
-    rows = [_row(cid, *counts[cid]) for cid in scored if sum(counts[cid])]
-    table = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
-    table = table.sort_values(["support", "concept_id"], ascending=[False, True], ignore_index=True)
-    tp, fp, fn = (int(table[c].sum()) for c in ("tp", "fp", "fn"))
-    micro = _row("micro", tp, fp, fn)
-    with_support = table[table.support > 0]
-    macro = {**_row("macro", tp, fp, fn), **{m: float(with_support[m].mean()) for m in ("precision", "recall", "f1")}}
-    macro["scp"] = f"mean over the {len(with_support)} concepts with support"
-    return pd.concat([table, pd.DataFrame([micro, macro], columns=list(METRIC_COLUMNS))], ignore_index=True)
-
-
-def _row(cid: str, tp: int, fp: int, fn: int) -> dict:
+def _row(code: str, description: str, tp: int, fp: int, fn: int) -> dict:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    c = concepts().get(cid)
-    return {"concept_id": cid, "name": c.name if c else cid, "scp": " ".join(c.scp) if c else "",
-            "support": tp + fn, "n_predicted": tp + fp, "tp": tp, "fp": fp, "fn": fn,
-            "precision": precision, "recall": recall, "f1": f1}  # fmt: skip
+    return {"code": code, "description": description, "support": tp + fn, "n_predicted": tp + fp,
+            "tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}  # fmt: skip
 
 
-def evaluate(ptbxl_dir, backend: extract.ExtractionBackend, cache_path, work_dir, *, unit: str = "statement",
-             uncertain: str = "positive", min_likelihood: float = 0.0) -> tuple[pd.DataFrame, dict]:  # fmt: skip
-    """Run the stage on the PTB-XL reports and score it; (metrics table, stage counts)."""
-    db = pd.read_csv(Path(ptbxl_dir) / "ptbxl_database.csv", usecols=["ecg_id", "report", "scp_codes"])
-    manifest = Path(work_dir) / "ptbxl_reports.parquet"
-    pq.write_table(pa.table({"record_id": pa.array(db.ecg_id, pa.int64()), "report": pa.array(db.report, pa.string())}),
-                   manifest)  # fmt: skip
-    out = Path(work_dir) / "extract"
-    counts = extract.extract_reports(manifest, out, backend, cache_path, unit=unit, min_label_count=1)
-    entities = pd.read_parquet(out / "entities.parquet")
-    gold = {rid: gold_concepts(codes, min_likelihood) for rid, codes in zip(db.ecg_id, db.scp_codes)}
-    return score(gold, predicted_concepts(entities, uncertain)), {**counts, "n_reports": len(db)}
+def score(gold: dict, predicted: dict, codes: dict[str, str]) -> pd.DataFrame:
+    """Per-code rows (every code of ``codes``: code → description) plus ``micro`` and ``macro`` rows."""
+    counts = {c: [0, 0, 0] for c in codes}
+    for rid, truth in gold.items():
+        pred = predicted.get(rid, set()) & set(codes)
+        for c in truth & pred:
+            counts[c][0] += 1
+        for c in pred - truth:
+            counts[c][1] += 1
+        for c in truth - pred:
+            counts[c][2] += 1
+    table = pd.DataFrame([_row(c, codes[c], *counts[c]) for c in codes], columns=list(METRIC_COLUMNS))
+    table = table.sort_values(["support", "code"], ascending=[False, True], ignore_index=True)
+    tp, fp, fn = (int(table[k].sum()) for k in ("tp", "fp", "fn"))
+    with_support = table[table.support > 0]
+    macro = {**_row("macro", f"mean over the {len(with_support)} codes with support", tp, fp, fn),
+             **{m: float(with_support[m].mean()) if len(with_support) else 0.0 for m in ("precision", "recall", "f1")}}  # fmt: skip
+    micro = _row("micro", "all codes pooled", tp, fp, fn)
+    return pd.concat([table, pd.DataFrame([micro, macro], columns=list(METRIC_COLUMNS))], ignore_index=True)
 
 
-def _tag(backend: extract.ExtractionBackend) -> str:
+def evaluate(db: pd.DataFrame, entities: pd.DataFrame, scp_csv, *, threshold: float = DEFAULT_THRESHOLD,
+             uncertain: str = "positive", min_likelihood: float = 0.0, encoder=None) -> tuple[pd.DataFrame, pd.DataFrame, CodeMapper]:  # fmt: skip
+    """(per-code table, per-language table, the mapper) for the records of ``db``."""
+    statements = pd.read_csv(Path(scp_csv), index_col=0)
+    codes = {str(c): str(d) for c, d in statements["description"].items()}
+    mapper = CodeMapper(scp_names(scp_csv), threshold, encoder)
+    predicted = predicted_codes(entities, mapper, uncertain)
+    gold = {rid: {c for c, lik in parse_scp_codes(s).items() if lik >= min_likelihood}
+            for rid, s in zip(db.ecg_id, db.scp_codes)}  # fmt: skip
+    table = score(gold, predicted, codes)
+    langs = db.report.map(language)
+    rows = []
+    for lang in sorted(langs.unique()):
+        ids = set(db.ecg_id[langs == lang])
+        t = score({r: g for r, g in gold.items() if r in ids}, predicted, codes).set_index("code")
+        rows.append({"language": lang, "n_reports": len(ids), "micro_precision": t.loc["micro", "precision"],
+                     "micro_recall": t.loc["micro", "recall"], "micro_f1": t.loc["micro", "f1"],
+                     "macro_f1": t.loc["macro", "f1"]})  # fmt: skip
+    return table, pd.DataFrame(rows), mapper
+
+
+def print_mimic(path, top: int = 50) -> None:
+    """Print the ``top`` commonest MIMIC statements with their lexicon entities."""
+    from supreme_ecg.extract.lexicon import statement_entities
+
+    table = pd.read_csv(path).sort_values("n_records", ascending=False).head(top)
+    for statement, n in zip(table.statement, table.n_records):
+        ents = statement_entities(statement)
+        shown = "; ".join(
+            f"{e['name']} [{e['polarity']}" + "".join(f", {k}={v}" for k, v in
+                                                      (("leads", ",".join(e["qualifiers"]["leads"])),
+                                                       ("acuity", e["qualifiers"]["acuity"]),
+                                                       ("severity", e["qualifiers"]["severity"])) if v) + "]"
+            for e in ents) or "(no entity)"  # fmt: skip
+        print(f"{n:>7}  {statement}  ->  {shown}")
+
+
+def _tag(backend) -> str:
     tag = backend.name if backend.name == "lexicon" else f"{backend.name}_{backend.model}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", tag)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from supreme_ecg.llm_backends import add_backend_arguments, backend_options
+def _parser() -> argparse.ArgumentParser:
+    from supreme_ecg.extract.backends import BACKENDS
+    from supreme_ecg.llm_backends import add_backend_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m supreme_ecg.extraction_quality", description=__doc__.splitlines()[0])
-    parser.add_argument("--ptbxl", type=Path, default=fixtures_dir() / "ptbxl", help="folder with ptbxl_database.csv")
-    parser.add_argument("--backend", default="lexicon", choices=list(extract.BACKENDS))
-    parser.add_argument("--out", type=Path, default=Path("results/quality"))
-    parser.add_argument("--cache", type=Path, default=None,
-                        help=f"answer cache (default ${CACHE_ENV}, else cache/llm/answers.sqlite)")  # fmt: skip
-    parser.add_argument("--unit", choices=list(extract.UNITS), default="statement")
-    parser.add_argument("--uncertain", choices=["positive", "negative"], default="positive",
-                        help="whether hedged findings count as predictions")  # fmt: skip
-    parser.add_argument("--min-likelihood", type=float, default=0.0, help="SCP codes below this likelihood are not gold")
-    parser.add_argument("--worst", type=int, default=8, help="weakest concepts to print")
-    add_backend_arguments(parser)
+    p = argparse.ArgumentParser(prog="python -m supreme_ecg.extraction_quality", description=__doc__.splitlines()[0])
+    p.add_argument("--ptbxl", type=Path, default=fixtures_dir() / "ptbxl", help="folder with ptbxl_database.csv")
+    p.add_argument("--more", type=Path, default=fixtures_dir() / "ptbxl_reports", help="second folder (split half)")
+    p.add_argument("--split", choices=SPLITS, default="all")
+    p.add_argument("--backend", default="lexicon", choices=list(BACKENDS))
+    p.add_argument("--out", type=Path, default=Path("results/quality"))
+    p.add_argument("--cache", type=Path, default=None, help="answer cache (default $SUPREME_LLM_CACHE, else cache/llm/answers.sqlite)")
+    p.add_argument("--direct", action="store_true", help="call the backend on split statements, not via the stage")
+    p.add_argument("--uncertain", choices=["positive", "negative"], default="positive")
+    p.add_argument("--min-likelihood", type=float, default=0.0, help="SCP codes below this likelihood are not gold")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="audit nearest-neighbour cosine threshold")
+    p.add_argument("--worst", type=int, default=10, help="weakest codes to print")
+    p.add_argument("--mimic-statements", type=Path, default=None, help="print entities of these MIMIC statements")
+    p.add_argument("--top", type=int, default=50)
+    add_backend_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from supreme_ecg.extract.backends import make_backend
+    from supreme_ecg.llm_backends import backend_options
+    from supreme_ecg.llm_cache import CACHE_ENV
+
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.mimic_statements is not None:
+        print_mimic(args.mimic_statements, args.top)
+        return 0
     if not (args.ptbxl / "ptbxl_database.csv").exists():
         parser.error(f"no ptbxl_database.csv in {args.ptbxl}")
+    db = load_split(args.ptbxl, args.split, args.more)
+    backend = make_backend(args.backend, **backend_options(args, args.backend))
     cache = args.cache or Path(os.environ.get(CACHE_ENV) or "cache/llm/answers.sqlite")
-    backend = extract.make_backend(args.backend, **backend_options(args, args.backend))
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="extraction_quality_") as work:
-        table, counts = evaluate(args.ptbxl, backend, cache, work, unit=args.unit, uncertain=args.uncertain,
-                                 min_likelihood=args.min_likelihood)  # fmt: skip
+    if args.direct:
+        entities = direct_entities(db, backend)
+    else:
+        with tempfile.TemporaryDirectory(prefix="extraction_quality_") as work:
+            entities = stage_entities(db, backend, cache, work)
+    table, langs, mapper = evaluate(db, entities, args.ptbxl / "scp_statements.csv", threshold=args.threshold,
+                                    uncertain=args.uncertain, min_likelihood=args.min_likelihood)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = _tag(backend)
+    tag = _tag(backend) + ("" if args.split == "all" else f"_{args.split}")
     table.to_csv(args.out / f"quality_{tag}.csv", index=False, float_format="%.4f")
     table.to_parquet(args.out / f"quality_{tag}.parquet", index=False)
-    micro, macro = (table[table.concept_id == k].iloc[0] for k in ("micro", "macro"))
-    per_concept = table[~table.concept_id.isin(["micro", "macro"])]
-    scored = per_concept[per_concept.support > 0]
+    langs.to_csv(args.out / f"quality_{tag}_languages.csv", index=False, float_format="%.4f")
+    mapper.table(sorted(entities.name.unique())).to_csv(args.out / f"code_map_{tag}.csv", index=False, float_format="%.4f")
+    micro, macro = (table[table.code == k].iloc[0] for k in ("micro", "macro"))
+    scored = table[~table.code.isin(["micro", "macro"]) & (table.support > 0)]
     summary = {
         "backend": backend.name, "model": backend.model, "prompt_version": backend.prompt_version,
-        "unit": args.unit, "uncertain": args.uncertain, "min_likelihood": args.min_likelihood,
-        "n_reports": counts["n_reports"], "n_concepts_scored": int(len(scored)),
+        "split": args.split, "uncertain": args.uncertain, "min_likelihood": args.min_likelihood,
+        "threshold": args.threshold, "n_reports": len(db), "n_codes_scored": int(len(scored)),
         "micro_precision": float(micro.precision), "micro_recall": float(micro.recall), "micro_f1": float(micro.f1),
-        "macro_f1": float(macro.f1), "n_failed_units": int(counts["n_failed_units"]),
-        "n_backend_units": int(counts["n_backend_units"]), "seconds": round(time.perf_counter() - t0, 2),
+        "macro_f1": float(macro.f1), "languages": langs.to_dict(orient="records"),
+        "seconds": round(time.perf_counter() - t0, 2),
     }  # fmt: skip
     (args.out / f"quality_{tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
     worst = scored[scored.support >= 3].sort_values(["f1", "support"], ascending=[True, False]).head(args.worst)
-    print(worst[["concept_id", "scp", "support", "tp", "fp", "fn", "precision", "recall", "f1"]]
+    print(worst[["code", "support", "tp", "fp", "fn", "precision", "recall", "f1"]]
           .to_string(index=False, float_format=lambda v: f"{v:.2f}"))  # fmt: skip
-    print(json.dumps(summary))
-    print(f"backend={backend.name} model={backend.model} reports={summary['n_reports']} "
-          f"micro_f1={summary['micro_f1']:.4f} macro_f1={summary['macro_f1']:.4f}")  # fmt: skip
+    print(langs.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(json.dumps({k: v for k, v in summary.items() if k != "languages"}))
+    print(f"micro_f1={summary['micro_f1']:.4f} macro_f1={summary['macro_f1']:.4f} n_reports={summary['n_reports']}")
     return 0
 
 

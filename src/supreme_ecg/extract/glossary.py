@@ -2,9 +2,9 @@
 
 :func:`glossary` loads the YAML; :func:`matcher` compiles every entry into one regex over *folded*
 text (casefolded, diacritics stripped character by character so that spans keep their offsets;
-see :func:`fold`). :func:`rules_version` is a content hash of the glossary plus
-:data:`LEXICON_CODE_VERSION`; it goes into the lexicon's model name and cache keys, so editing a rule
-never reuses an old answer. Nothing here reads the benchmark definition.
+see :func:`fold`). :func:`rules_version` is a content hash of the glossary and of the source of the
+modules that apply it; it goes into the lexicon's model name and cache keys, so editing a rule or the
+code that reads statements never reuses an old answer. Nothing here reads the benchmark definition.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from importlib import resources
 
 import yaml
 
-#: bump whenever lexicon.py changes how it reads statements (part of :func:`rules_version`)
-LEXICON_CODE_VERSION = 1
+#: modules whose source is part of :func:`rules_version` (the offline backend's code)
+RULE_MODULES = ("glossary.py", "lexicon.py")
 
 #: sections in match priority order (an entry listed in two sections takes the first)
 KINDS = ("remarks", "verdicts", "lead_groups", "acuity", "severity", "hedges_before", "hedges_after",
@@ -42,8 +42,10 @@ def glossary() -> dict:
 
 @lru_cache(maxsize=1)
 def rules_version() -> str:
-    """sha256 (hex) of the glossary text and :data:`LEXICON_CODE_VERSION`: the offline rules' version."""
-    return hashlib.sha256(f"{LEXICON_CODE_VERSION}\n{_text()}".encode()).hexdigest()
+    """sha256 (hex) of the glossary text and the offline backend's source: the offline rules' version."""
+    here = resources.files("supreme_ecg.extract")
+    sources = [here.joinpath(name).read_text("utf-8") for name in RULE_MODULES]
+    return hashlib.sha256("\n".join([_text(), *sources]).encode()).hexdigest()
 
 
 _GARBLED_U = re.compile(r"(?<=[a-z])#(?=[a-z])|(?<![\w#])#(?=[a-z])")

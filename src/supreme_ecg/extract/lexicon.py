@@ -10,6 +10,12 @@ reports are run-ons: "sinusrhythmus linkstyp t abnorm ..."). Cues become the phr
 by "and"/"or"), acuity, severity and leads its qualifiers; verdicts, remarks (comparisons, report
 status, quality, commentary) and what follows a remark yield nothing. Each phrase's English words,
 minus edge stop words, are the entity's ``name``; a phrase no rule knows keeps its own words.
+
+Phrase rules after reading: a region list before one finding is distributed, one entity per region
+("inferior/lateral st-t changes" → "inferior st-t changes" + "lateral st-t changes"); a predicate after
+"is/are" moves before its subject ("st-t changes are nonspecific" → "nonspecific st-t changes"); a
+one-word noun after "/" borrows its partner's modifiers ("atrial flutter/fibrillation"); a phrase whose
+name extends the one before it replaces it ("2nd degree a-v block, mobitz ii" → one entity).
 """
 
 from __future__ import annotations
@@ -26,13 +32,13 @@ from supreme_ecg.extract.statements import is_noise, normalise_statement, split_
 _LEAD = r"(?:avr|avl|avf|v[1-9]r?|iii|ii|i)"
 _ITEM = rf"(?:{_LEAD}(?:\s*-\s*v?[1-9](?!\d))?|[1-9](?![\d.:x]))"
 _LEADS = re.compile(
-    rf"(?<![\w\-/.])(?P<prefix>(?:in|i|leads?|ableitung(?:en)?)\s+)?(?P<list>{_ITEM}(?:(?:\s*[,/&]\s*|\s+(?:and|und|och)\s+|\s+){_ITEM})*)(?![\w(])"
+    rf"(?<![\w\-/.])(?P<prefix>(?:in|i|leads?|ableitung(?:en)?|uber)\s+)?(?P<list>{_ITEM}(?:(?:\s*[,/&]\s*|\s+(?:and|und|och)\s+|\s+){_ITEM})*)(?![\w(])"
 )
 _ITEMS = re.compile(rf"{_LEAD}(?:\s*-\s*v?[1-9](?!\d))?|[1-9]")
 _PLURAL = re.compile(r"\((?:s|es|n|en|er|a|e)\)")
 _EDGE_WORDS = frozenset(
     "the a an is are was were in of at to for also these this there which that it its by as on from seen noted "
-    "present findings finding".split()
+    "present findings finding evidence persist persists some".split()
 )
 _COORDINATION = frozenset({"and", "or", "and/or", "/", "&", "+", "und", "oder", "sowie", "bzw.", "och", "eller"})
 CONTENT = ("findings", "modifiers", "words", "text")
@@ -225,7 +231,9 @@ class _Reader:
             elif k in CONTENT:
                 self.add(t, str(t.value))
             elif k in ("connectors", "dash"):
-                self.close(" ".join(self.folded[t.start:t.end].split()) or "-")
+                self.close(joined := " ".join(self.folded[t.start:t.end].split()) or "-")
+                if joined.endswith(" possible"):  # "with possible", "and possible": a hedged partner
+                    self.pending["polarity"] = "uncertain"
             elif k == "hedges_before" or (k == "hedges_both" and self.content_follows(i)):
                 self.close()
                 self.pending["polarity"] = "uncertain"
@@ -271,13 +279,135 @@ def _borrow_heads(phrases: list[_Phrase], names: list[str]) -> list[str]:
     return out
 
 
+_REGION_WORDS = frozenset("high inferior anterior lateral septal posterior apical anteroseptal anterolateral "
+                          "inferolateral inferoposterior posterolateral".split())
+
+
+def _is_region(ph: _Phrase) -> bool:
+    return all(w in _REGION_WORDS for p in ph.parts for w in p[0].split())
+
+
+def _region_only(ph: _Phrase) -> bool:
+    """A phrase of region words only ("inferior", "ant/septal"), no finding."""
+    return bool(ph.parts) and all(p[3] != "findings" for p in ph.parts) and _is_region(ph)
+
+
+def _distribute_regions(phrases: list[_Phrase]) -> list[_Phrase]:
+    """"inferior/lateral st-t changes", "inferior and lateral st elevation": a region list before one finding.
+
+    Rule: the finding is *distributed*, one entity per region ("inferior st-t changes" + "lateral st-t
+    changes"), never merged into a compound region word. A region-only phrase coordinated with the phrase
+    after it takes that phrase's finding words (its parts after the leading region words); acuity and
+    severity written before the list cover every member. Right to left, so chains ("inferior, anterior and
+    lateral st elevation") work.
+    """
+    for i in range(len(phrases) - 2, -1, -1):
+        a, b = phrases[i], phrases[i + 1]
+        if not (_region_only(a) and b.joined_by in (*_COORDINATION, ",") and not a.leads):
+            continue
+        k = next((j for j, p in enumerate(b.parts) if not all(w in _REGION_WORDS for w in p[0].split())), None)
+        if k is None or k == 0:
+            continue
+        a.parts = a.parts + b.parts[k:]
+        a.sealed = b.sealed
+        for q in ("acuity", "severity"):
+            setattr(b, q, getattr(b, q) or getattr(a, q))
+            setattr(a, q, getattr(a, q) or getattr(b, q))
+        if a.polarity == "present" and not a.cue_before:
+            a.polarity = b.polarity
+    return phrases
+
+
+_PREDICATES = frozenset("inverted flat low tall negative biphasic peaked notched flattened abnormal prolonged wide "
+                        "short deep prominent borderline".split())
+
+
+def _front_predicates(phrases: list[_Phrase]) -> list[_Phrase]:
+    """"lateral st-t changes are nonspecific" → "nonspecific lateral st-t changes": a predicate adjective after
+    "is/are" moves before its subject (the copula goes)."""
+    for ph in phrases:
+        cop = [j for j, p in enumerate(ph.parts) if p[3] == "text" and p[0] in ("is", "are")]
+        if not cop or cop[-1] == 0 or cop[-1] == len(ph.parts) - 1:
+            continue
+        j = cop[-1]
+        tail = ph.parts[j + 1:]
+        if all(p[3] == "modifiers" or p[0] in _PREDICATES for p in tail):
+            ph.parts = tail + ph.parts[:j]
+    return phrases
+
+
+def _attach_trailing_modifiers(phrases: list[_Phrase]) -> list[_Phrase]:
+    """"flacka t-vågor anterolateralt": a modifier-only phrase after a finding becomes its region (else dropped)."""
+    out: list[_Phrase] = []
+    for ph in phrases:
+        if ph.only_modifiers() and out and not ph.cue_before and _is_region(ph):
+            prev = out[-1]
+            if not prev.region and not any(p[3] == "modifiers" for p in prev.parts):
+                prev.region = _clean_name([p[0] for p in ph.parts])
+                prev.leads.extend(ph.leads)
+            continue
+        out.append(ph)
+    return out
+
+
+_BARE = frozenset("inverted flat low tall negative biphasic peaked positive notched isoelectric flattened".split())
+_T_WAVE = re.compile(r"\bt(?: |-)?waves?\b|^t \w+$|\bt wave")
+
+
+def _resolve_ellipsis(names: list[str]) -> list[str]:
+    """"t waves are inverted in avl and flat in i": a bare adjective borrows "t wave" from the phrase before."""
+    out = list(names)
+    for i in range(1, len(out)):
+        if out[i] in _BARE and _T_WAVE.search(out[i - 1]):
+            out[i] = f"{out[i]} t wave"
+    return out
+
+
+def _borrow_modifiers(phrases: list[_Phrase], names: list[str]) -> list[str]:
+    """"atrial flutter/fibrillation", "myocardial injury/ischemia": a one-word noun after "/" borrows the words
+    before its partner's head ("atrial fibrillation", "myocardial ischemia"). Not after "or": "lv strain or
+    ischaemia" is two findings, not "left ventricular ischemia")."""
+    out = list(names)
+    for i in range(1, len(out)):
+        a, b = out[i - 1].split(), out[i].split()
+        ph = phrases[i]
+        if (ph.joined_by == "/" and len(b) == 1 and len(a) >= 2 and len(ph.parts) == 1 and a[-1].isalpha()
+                and b[0].isalpha() and len(b[0]) >= 4 and ph.parts[0][3] in ("text", "words")
+                and b[0] not in _REGION_WORDS | _BARE):  # fmt: skip
+            out[i] = " ".join(a[:-1] + b)
+    return out
+
+
+def _absorb_restatements(phrases: list[_Phrase], names: list[str]) -> tuple[list, list]:
+    """"2nd degree a-v block, mobitz ii": a phrase whose name extends the one before it ("second degree av
+    block" → "second degree av block mobitz ii") replaces it (one entity, the text spans both)."""
+    ph_out: list[_Phrase] = []
+    nm_out: list[str] = []
+    for ph, name in zip(phrases, names):
+        if nm_out and nm_out[-1] and name.startswith(nm_out[-1] + " ") and ph.joined_by in (",", "-", ""):
+            prev = ph_out.pop()
+            nm_out.pop()
+            ph.parts = prev.parts + ph.parts
+            ph.leads = prev.leads + ph.leads
+            if ph.polarity == "present":
+                ph.polarity = prev.polarity
+            for q in ("acuity", "severity"):
+                setattr(ph, q, getattr(ph, q) or getattr(prev, q))
+        ph_out.append(ph)
+        nm_out.append(name)
+    return ph_out, nm_out
+
+
 def statement_entities(statement: str) -> list[dict]:
     """Answer items (schema dicts: text, name, polarity, category, qualifiers) of one statement."""
     statement = normalise_statement(statement)
     if not statement or is_noise(statement):
         return []
     phrases = _Reader(tokens(statement), fold(statement)).read()
-    names = _borrow_heads(phrases, [_clean_name([p[0] for p in ph.parts]) for ph in phrases])
+    phrases = _attach_trailing_modifiers(_front_predicates(_distribute_regions(phrases)))
+    names = [_clean_name([p[0] for p in ph.parts]) for ph in phrases]
+    names = _resolve_ellipsis(_borrow_modifiers(phrases, _borrow_heads(phrases, names)))
+    phrases, names = _absorb_restatements(phrases, names)
     items = []
     for ph, name in zip(phrases, names):
         if not any(c.isalpha() for c in name):

@@ -109,26 +109,20 @@ _group("normality", "normal abnormal borderline", optional=True)
 _group("number", {})  # filled per phrase: tokens with a digit ("2:1", "v1") must match exactly
 _group("hyperhypo", {})  # filled per phrase: hyper-/hypo- words by stem ("hyperkalemia" vs "hypokalemia")
 
-# Common ECG abbreviations and compound locations, expanded only inside the guard (never in the surface form).
-_ABBREV = {
-    "lvh": "left ventricular hypertrophy", "rvh": "right ventricular hypertrophy",
-    "lae": "left atrial enlargement", "rae": "right atrial enlargement",
-    "lbbb": "left bundle branch block", "rbbb": "right bundle branch block",
-    "ilbbb": "incomplete left bundle branch block", "irbbb": "incomplete right bundle branch block",
-    "lafb": "left anterior fascicular block", "lpfb": "left posterior fascicular block",
-    "lahb": "left anterior hemiblock", "lphb": "left posterior hemiblock",
-    "af": "atrial fibrillation", "afib": "atrial fibrillation", "afl": "atrial flutter",
-    "pvc": "premature ventricular complex", "vpc": "premature ventricular complex",
-    "pac": "premature atrial complex", "apc": "premature atrial complex",
-    "pjc": "premature junctional complex", "svt": "supraventricular tachycardia",
-    "vt": "ventricular tachycardia", "nsr": "normal sinus rhythm", "lad": "left axis deviation",
-    "rad": "right axis deviation", "imi": "inferior myocardial infarction",
-    "ami": "anterior myocardial infarction", "asmi": "anteroseptal myocardial infarction",
-    "lmi": "lateral myocardial infarction", "pmi": "posterior myocardial infarction",
-    "stemi": "st elevation myocardial infarction", "nstemi": "non st elevation myocardial infarction",
+# Compound locations, split only inside the guard (never in the surface form).
+_COMPOUNDS = {
     "anteroseptal": "anterior septal", "anterolateral": "anterior lateral", "inferolateral": "inferior lateral",
     "inferoposterior": "inferior posterior", "posterolateral": "posterior lateral",
 }
+
+
+@lru_cache(maxsize=1)
+def _expansions() -> dict[str, str]:
+    """Single-word abbreviations of the stage's general glossary (lbbb, lvh, pvc, ...) and compound locations."""
+    from supreme_ecg.extract.glossary import glossary
+
+    words = {k: v for k, v in glossary()["words"].items() if re.fullmatch(r"[a-z0-9]{2,6}", k) and " " in v}
+    return {**words, **_COMPOUNDS}
 
 
 @lru_cache(maxsize=65536)
@@ -136,7 +130,7 @@ def _signature(phrase: str) -> tuple[tuple[str, frozenset], ...]:
     """Per guard group, the set of modifier values the phrase names."""
     toks: list[str] = []
     for t in normalise_surface(phrase).split():
-        t = _ABBREV.get(t, t)
+        t = _expansions().get(t, t)
         if t.startswith("non") and len(t) > 5:
             t = "non " + t[3:]  # nonspecific -> non specific: "non" negates
         toks.extend(t.split())

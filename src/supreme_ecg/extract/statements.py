@@ -9,7 +9,13 @@ from typing import Iterable
 
 UNITS = ("statement", "report")
 
-_ABBREVIATION = re.compile(r"(?<!\w)(?:v\.a|z\.n|e\.g|i\.e|ca|bzw|vs|incl|approx)\.", re.IGNORECASE)
+# abbreviations whose dot does not end a statement (German/Swedish machine reports: "intraventr. leitungsstörung",
+# "infarkt mögl.", "av-block 1. grades")
+_ABBREVIATION = re.compile(
+    r"(?<!\w)(?:v\.a|z\.n|e\.g|i\.e|ca|bzw|vs|incl|approx|intraventr|supraventr|ventr|mögl|chron|neg|pos|unspez|kompl|"
+    r"inkompl|path|indiff|unbest|rep|insbes|amplitudkrit|li|re)\.|(?<![\w.])[1-3]\.(?=\s*grad)",
+    re.IGNORECASE,
+)
 _PROTECTED_DOT = "\u2024"
 _SEPARATOR = re.compile(r"[;\n\r]+|\.(?!\w)")  # a dot followed by a letter/digit ("0.5", "st.t") is kept
 _STARS = re.compile(r"\*{3,}")
