@@ -160,7 +160,7 @@ def test_merl_compat_reproduces_released_ptbxl_csvs(task):
     # the released PTB-XL splits are strat_fold 1-8 / 9 / 10, like the exact labels
     assert labels["split"].tolist() == manifest.set_index("record_id").loc[labels["record_id"], "split"].tolist()
     if task in ("ptbxl_super", "ptbxl_sub"):
-        assert labels.attrs["n_dropped"] == 23  # ecg_id 1-500 without a diagnostic label (see datasets.py)
+        assert labels.attrs["n_dropped"] == 23  # ecg_id 1-500 without a diagnostic label (see datasets/labels.py)
     exact = datasets.task_labels(manifest, task, datasets.load_scp_statements(PTBXL / "scp_statements.csv"))
     report = datasets.label_disagreement(exact, labels)
     assert (report["n_records_compared"] == len(labels)).all()
