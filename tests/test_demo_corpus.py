@@ -12,6 +12,7 @@ import pytest
 
 from supreme_ecg import catalogue, datasets, formats
 from supreme_ecg.demo import corpus
+from supreme_ecg.demo import reports as demo_reports
 from supreme_ecg.demo.conditions import conditions, conditions_version
 from supreme_ecg.leads import CANONICAL_LEADS, MIMIC_LEAD_ORDER, reorder_by_name
 from supreme_ecg.settings import fixtures_dir, shared_reference_dir
@@ -308,7 +309,7 @@ def test_pretraining_statements_are_real_mimic_wording(mimic_reports):
 
 
 def test_pretraining_reports_never_name_unseen_conditions_at_scale(monkeypatch):
-    monkeypatch.setattr(corpus, "_guard_unseen", lambda lines, unseen: lines)  # the wording itself must not
+    monkeypatch.setattr(demo_reports, "_guard_unseen", lambda lines, unseen: lines)  # the wording itself must not
     plans, reports = _reports(3000, seed=11)
     pattern = corpus.mention_pattern(tuple(sorted(corpus.UNSEEN_DEFAULT)))
     rendered = {c for p in plans for c in p.concepts}
