@@ -164,9 +164,11 @@ class PreprocessConfig:
     max_nonfinite_fraction: float = 0.1
     normalisation: str = "minmax_global"
     flat_threshold_mv: float = 1e-6
+    signal_dtype: str = "float32"
 
     def __post_init__(self):
-        """Fail fast on unknown policy/method names."""
+        """Fail fast on unknown policy/method names and storage dtypes."""
+        storage_dtype(self.signal_dtype)
         fix_length(np.zeros((1, 1)), 1, self.length_policy)
         normalise(np.zeros((1, 1), np.float32), self.normalisation)
 
@@ -246,49 +248,67 @@ REJECTS_SCHEMA = pa.schema([(name, pa.string()) for name in ("record_id", "datas
 
 #: Byte order and type of the stored samples (little-endian float32 on every platform).
 SIGNAL_DTYPE = np.dtype("<f4")
+#: ``preprocess.signal_dtype`` → stored dtype; float16 halves the disk and the bytes read, at a
+#: quantisation error below the records' own ADC resolution (README, Benchmarks).
+STORAGE_DTYPES = {"float32": SIGNAL_DTYPE, "float16": np.dtype("<f2")}
 
 
-def signal_type(n_samples: int) -> pa.DataType:
+def storage_dtype(name) -> np.dtype:
+    """The stored dtype of a ``signal_dtype`` name (float32 or float16)."""
+    if str(name) not in STORAGE_DTYPES:
+        raise ValueError(f"unknown signal_dtype {name!r}; choose from {sorted(STORAGE_DTYPES)}")
+    return STORAGE_DTYPES[str(name)]
+
+
+def signal_dtype_of(field: pa.Field) -> np.dtype:
+    """The stored dtype of a ``signal`` field, from its metadata (float32 when none is given)."""
+    meta = field.metadata or {}
+    return np.dtype(meta[b"supreme_ecg.dtype"].decode()) if b"supreme_ecg.dtype" in meta else SIGNAL_DTYPE
+
+
+def signal_type(n_samples: int, dtype=SIGNAL_DTYPE) -> pa.DataType:
     """Arrow type of the ``signal`` column: one fixed-size binary value per record holding the
-    ``(12, n_samples)`` little-endian float32 array in C order (lead-major).
+    ``(12, n_samples)`` little-endian float32 (or float16, ``dtype``) array in C order (lead-major).
 
     A single value per record, rather than a list of 60,000 floats, writes about twice as fast and
     reads about eighteen times faster (0.21 vs 0.41 and 0.056 vs 1.0 ms per record, pyarrow 26):
     Parquet keeps no per-sample repetition/definition levels.
     """
-    return pa.binary(12 * int(n_samples) * SIGNAL_DTYPE.itemsize)
+    return pa.binary(12 * int(n_samples) * np.dtype(dtype).itemsize)
 
 
-def signal_field(n_samples: int) -> pa.Field:
+def signal_field(n_samples: int, dtype=SIGNAL_DTYPE) -> pa.Field:
     """The ``signal`` field, its layout spelled out in the field metadata for other readers."""
-    return pa.field("signal", signal_type(n_samples), nullable=False, metadata={
-        "supreme_ecg.dtype": SIGNAL_DTYPE.str, "supreme_ecg.shape": f"12,{int(n_samples)}",
+    return pa.field("signal", signal_type(n_samples, dtype), nullable=False, metadata={
+        "supreme_ecg.dtype": np.dtype(dtype).str, "supreme_ecg.shape": f"12,{int(n_samples)}",
         "supreme_ecg.order": "C (lead-major)", "supreme_ecg.leads": ",".join(CANONICAL_LEADS),
     })
 
 
-def signal_array(signals: np.ndarray) -> pa.FixedSizeBinaryArray:
-    """``(n, 12, n_samples)`` signals as a ``signal`` column (zero-copy for C-contiguous ``<f4``)."""
-    signals = np.ascontiguousarray(signals, dtype=SIGNAL_DTYPE)
+def signal_array(signals: np.ndarray, dtype=SIGNAL_DTYPE) -> pa.FixedSizeBinaryArray:
+    """``(n, 12, n_samples)`` signals as a ``signal`` column (zero-copy for C-contiguous ``dtype``)."""
+    dtype = np.dtype(dtype)
+    signals = np.ascontiguousarray(signals, dtype=dtype)
     if signals.ndim != 3 or signals.shape[1] != 12:
         raise ValueError(f"signals must be (n, 12, n_samples), got {signals.shape}")
     return pa.FixedSizeBinaryArray.from_buffers(
-        signal_type(signals.shape[2]), len(signals), [None, pa.py_buffer(signals)])
+        signal_type(signals.shape[2], dtype), len(signals), [None, pa.py_buffer(signals)])
 
 
-def signal_n_samples(signal_type_: pa.DataType) -> int:
-    """Samples per lead of a ``signal`` column type (see :func:`signal_type`)."""
-    if not pa.types.is_fixed_size_binary(signal_type_) or signal_type_.byte_width % (12 * SIGNAL_DTYPE.itemsize):
+def signal_n_samples(signal_type_: pa.DataType, dtype=SIGNAL_DTYPE) -> int:
+    """Samples per lead of a ``signal`` column type stored as ``dtype`` (see :func:`signal_type`)."""
+    size = np.dtype(dtype).itemsize
+    if not pa.types.is_fixed_size_binary(signal_type_) or signal_type_.byte_width % (12 * size):
         raise TypeError(
-            f"signal column is {signal_type_}, expected fixed_size_binary of 12 x n_samples float32; "
+            f"signal column is {signal_type_}, expected fixed_size_binary of 12 x n_samples {np.dtype(dtype).name}; "
             "shards written by an older version must be rewritten (snakemake -R preprocess_shard)")
-    return signal_type_.byte_width // (12 * SIGNAL_DTYPE.itemsize)
+    return signal_type_.byte_width // (12 * size)
 
 
 def output_schema(manifest_schema: pa.Schema, cfg: PreprocessConfig) -> pa.Schema:
     """Pass-through manifest columns + added columns + ``signal`` (lead order in metadata)."""
     added = [pa.field(n, t) for n, t in ADDED_FIELDS]
-    added.append(signal_field(cfg.n_samples))
+    added.append(signal_field(cfg.n_samples, storage_dtype(cfg.signal_dtype)))
     taken = {f.name for f in added}
     passed = [f for f in manifest_schema if f.name not in taken]
     meta = {"supreme_ecg.leads": ",".join(CANONICAL_LEADS), "supreme_ecg.preprocess": repr(asdict(cfg))}
@@ -395,7 +415,8 @@ class _ShardWriter:
         columns["n_samples"] = pa.array(np.full(n, self.cfg.n_samples, np.int32))
         for name, typ in ADDED_FIELDS[2:]:
             columns[name] = pa.array([info[name] for info in self.infos], typ)
-        columns["signal"] = signal_array(self.buffer[:n].reshape(n, 12, -1))  # zero-copy view of the buffer
+        # a zero-copy view of the buffer for float32; one conversion per row group for float16
+        columns["signal"] = signal_array(self.buffer[:n].reshape(n, 12, -1), storage_dtype(self.cfg.signal_dtype))
         self.writer.write_table(pa.table([columns[f.name] for f in self.schema], schema=self.schema))
         self.n, self.pending, self.infos = 0, [], []
 
@@ -473,12 +494,14 @@ def preprocess_shard(
 def read_signals(table_or_path) -> np.ndarray:
     """The ``signal`` column (of a table or a shard file) as float32 ``(n, 12, n_samples)``.
 
-    Each chunk's value buffer is viewed, not parsed, and copied once into the result.
+    Each chunk's value buffer is viewed, not parsed, and copied once into the result (float16
+    shards, see ``signal_dtype``, are widened to float32 in that copy).
     """
     if isinstance(table_or_path, (str, os.PathLike)):
         table_or_path = pq.read_table(table_or_path, columns=["signal"])
+    dtype = signal_dtype_of(table_or_path.schema.field("signal"))
     column = table_or_path.column("signal")
-    n_samples = signal_n_samples(column.type)
+    n_samples = signal_n_samples(column.type, dtype)
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     out = np.empty((len(column), 12, n_samples), np.float32)
     width, at = 12 * n_samples, 0
@@ -486,8 +509,8 @@ def read_signals(table_or_path) -> np.ndarray:
         if chunk.null_count:
             raise ValueError(f"signal column has {chunk.null_count} null values")
         if len(chunk):
-            values = np.frombuffer(chunk.buffers()[1], SIGNAL_DTYPE, count=len(chunk) * width,
-                                   offset=chunk.offset * width * SIGNAL_DTYPE.itemsize)
+            values = np.frombuffer(chunk.buffers()[1], dtype, count=len(chunk) * width,
+                                   offset=chunk.offset * width * dtype.itemsize)
             out[at : at + len(chunk)] = values.reshape(len(chunk), 12, n_samples)
         at += len(chunk)
     return out

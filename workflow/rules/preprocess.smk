@@ -22,13 +22,14 @@ rule preprocess_shard:
         max_nonfinite=config["preprocess"]["max_nonfinite_fraction"],
         normalisation=config["preprocess"]["normalisation"],
         signal_compression=config["preprocess"]["signal_compression"],
+        signal_dtype=config["preprocess"]["signal_dtype"],
     shell:
         "python -m supreme_ecg.cli preprocess --manifest {input.manifest} --root {params.root}"
         " --shard {wildcards.shard} --n-shards {wildcards.n}"
         " --fs {params.fs} --n-samples {params.n_samples}"
         " --length-policy {params.length_policy} --max-nonfinite {params.max_nonfinite}"
         " --normalisation {params.normalisation}"
-        " --signal-compression {params.signal_compression}"
+        " --signal-compression {params.signal_compression} --signal-dtype {params.signal_dtype}"
         " --out {output.shard} --rejects {output.rejects} > {log} 2>&1"
 
 

@@ -6,7 +6,7 @@ import hashlib
 
 import pyarrow.parquet as pq
 
-from supreme_ecg.preprocess import signal_n_samples
+from supreme_ecg.preprocess import signal_dtype_of, signal_n_samples
 
 
 def iter_row_groups(paths, columns):
@@ -33,7 +33,8 @@ def read_row_group(path, rg: int, columns):
 
 def n_samples_of(path) -> int:
     """Samples per lead of a shard, from its ``signal`` type."""
-    return signal_n_samples(pq.ParquetFile(path).schema_arrow.field("signal").type)
+    field = pq.ParquetFile(path).schema_arrow.field("signal")
+    return signal_n_samples(field.type, signal_dtype_of(field))
 
 
 def hash_fraction(key: str) -> float:
