@@ -8,6 +8,7 @@ seen/unseen is then *measured* (nearest training label of each class description
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,7 +40,8 @@ FREQS = [3.0, 7.0, 13.0, 23.0]
 N_LABELLED, N_UNLABELLED, LENGTH, FS = 200, 10, 1000, 500
 N_UNKNOWN = 12  # label entries left unknown (-1): masked in the loss and in the metrics
 CFG = PretrainConfig(epochs=10, batch_size=16, lr=5e-3, warmup_steps=10, width=32, n_heads=2, dropout=0.0,
-                     val_fraction=0.2, seed=0, threads=2, query_members=False)
+                     val_fraction=0.2, seed=0, threads=2, query_members=False,
+                     state_dir=tempfile.mkdtemp(prefix="supreme_pretrain_state_"))  # not the repo's cache/
 
 
 class CountingEncoder:

@@ -95,6 +95,7 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
     cfg = PreprocessConfig(
         fs=args.fs, n_samples=args.n_samples, length_policy=args.length_policy,
         max_nonfinite_fraction=args.max_nonfinite, normalisation=args.normalisation,
+        signal_dtype=args.signal_dtype,
     )
     return preprocess_shard(args.manifest, args.shard, args.n_shards, cfg, args.out, args.rejects, root=args.root,
                             signal_compression=args.signal_compression)
@@ -152,9 +153,10 @@ def cmd_labels(args: argparse.Namespace) -> dict:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> dict:
-    """Pre-train the ECG encoder and query-fusion head on the extracted labels."""
+    """Pre-train the ECG encoder and query-fusion head on the extracted labels (under ``torchrun``: DDP)."""
     from supreme_ecg.pretrain import PretrainConfig, pretrain
 
+    # --threads is the job's: under torchrun every process takes its share
     cfg = PretrainConfig.from_mapping({**json.loads(args.settings), "threads": args.threads})
     return pretrain(args.shards, args.labels, args.vocabulary, args.out_dir, cfg)
 
@@ -240,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-nonfinite", type=float, default=0.1)
     p.add_argument("--normalisation", default="minmax_global")
     p.add_argument("--signal-compression", default="none", choices=["none", "snappy", "zstd"])
+    p.add_argument("--signal-dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--out", required=True)
     p.add_argument("--rejects", required=True)
     p.set_defaults(func=cmd_preprocess)

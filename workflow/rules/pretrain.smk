@@ -1,4 +1,23 @@
-"""Pre-train: ECG encoder + frozen text encoder + query fusion, multi-label BCE."""
+"""Pre-train: ECG encoder + frozen text encoder + query fusion, multi-label BCE.
+
+GPUs: `resources: gpu=` is `pretrain.gpus` when `pretrain.device` is auto or cuda (0 for cpu), so the
+SLURM profile asks for them; with `pretrain.gpus` > 1 the job starts one process per GPU with
+`torchrun --standalone` (DDP). In `profiles/slurm/config.yaml`, give the rule `tasks_per_gpu: 0` (one
+SLURM task, torchrun starts the processes) and `cpus_per_gpu` (data-loader workers). Resume state
+lives in `pretrain.state_dir` (default cache/pretrain), outside the outputs, so reruns continue.
+"""
+
+# GPUs of the job: `pretrain.gpus` unless `pretrain.device` is the CPU; > 1: one process each (torchrun)
+PRETRAIN_GPUS = (
+    0
+    if str(config["pretrain"]["device"]).startswith("cpu")
+    else max(int(config["pretrain"]["gpus"]), 1)
+)
+PRETRAIN_LAUNCHER = (
+    f"torchrun --standalone --nproc_per_node={PRETRAIN_GPUS}"
+    if PRETRAIN_GPUS > 1
+    else "python"
+)
 
 
 rule pretrain:
@@ -26,10 +45,11 @@ rule pretrain:
         "../../envs/pretrain.yaml"
     threads: 8
     resources:
-        gpu=1 if config["pretrain"]["device"].startswith("cuda") else 0,
+        gpu=PRETRAIN_GPUS,
     params:
         settings=lambda wildcards: json.dumps(config["pretrain"], sort_keys=True),
+        launcher=PRETRAIN_LAUNCHER,
     shell:
-        "python -m supreme_ecg.cli pretrain --shards {input.shards} --labels {input.labels}"
+        "{params.launcher} -m supreme_ecg.cli pretrain --shards {input.shards} --labels {input.labels}"
         " --vocabulary {input.vocabulary} --out-dir results/pretrain"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"

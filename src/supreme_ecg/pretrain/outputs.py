@@ -1,14 +1,23 @@
-"""Checkpoints, resumption and the metrics table and plot of a run."""
+"""Checkpoints, resumption and the metrics table and plot of a run.
+
+Resume state lives in ``state_dir/<key>/`` (default ``cache/pretrain``, outside the declared outputs, so
+that Snakemake deleting ``results/pretrain`` before a rerun keeps it): ``epoch.pt`` after every whole
+epoch, ``step.pt`` every ``checkpoint_every_steps`` steps with the exact position inside an epoch. The
+key hashes what a resumed run must share with the run it continues: the settings outside
+``RUNTIME_FIELDS``, the labels (ids, names, members), the shards (name, bytes, rows) and the output folder.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from supreme_ecg.model import load_checkpoint
+from supreme_ecg.model import load_checkpoint, save_checkpoint
 from supreme_ecg.pretrain.config import CHECKPOINT, IN_PROGRESS, METRICS_COLUMNS, PretrainConfig
 from supreme_ecg.pretrain.data import _Data
 from supreme_ecg.pretrain.labels import LabelTable, QueryBank
@@ -54,22 +63,66 @@ def _compatible(ckpt: dict, cfg: PretrainConfig, table: LabelTable, data: _Data)
             and (ckpt.get("n_train"), ckpt.get("n_val")) == (data.n_train, data.n_val))
 
 
-def _find_resume(out_dir: Path, cfg: PretrainConfig, table: LabelTable, data: _Data):
-    """(checkpoint, path, note): the compatible checkpoint (in-progress or final) with the most epochs."""
+EPOCH_STATE, STEP_STATE = "epoch.pt", "step.pt"
+
+
+def shard_manifest(paths) -> list:
+    """(file name, bytes, rows) of every shard: cheap, and changes when a shard is rewritten differently."""
+    return [[Path(p).name, Path(p).stat().st_size, pq.ParquetFile(p).metadata.num_rows] for p in paths]
+
+
+def state_folder(cfg: PretrainConfig, table: LabelTable, shard_paths, out_dir) -> Path:
+    """``state_dir/<16 hex digits>``: the hash of the resume key, the labels, the shards and the output folder."""
+    key = {"settings": cfg.resume_key(), "label_ids": list(table.ids), "label_names": list(table.names),
+           "label_members": [list(m) for m in table.members], "shards": shard_manifest(shard_paths),
+           "out_dir": str(Path(out_dir).resolve())}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cfg.state_dir) / digest
+
+
+def _progress(ckpt: dict) -> tuple[int, int]:
+    """(whole epochs, steps into the next) of a checkpoint."""
+    position = ckpt.get("position")
+    return int(ckpt["epoch"]), int(position["done"]) if position else 0
+
+
+def _find_resume(out_dir: Path, cfg: PretrainConfig, table: LabelTable, data: _Data, state: Path | None = None,
+                 world: int = 1):
+    """(checkpoint, path, note): the compatible state (mid-epoch, epoch, in-progress or final) furthest on.
+
+    A mid-epoch position made with another number of processes or ``grad_accum_steps`` is not used (the
+    batches would differ): the run continues from the last whole epoch.
+    """
     best, best_path, note = None, None, "no checkpoint"
-    for path in (out_dir / IN_PROGRESS, out_dir / CHECKPOINT):
+    places = ([state / STEP_STATE, state / EPOCH_STATE] if state is not None else []) + [
+        out_dir / IN_PROGRESS, out_dir / CHECKPOINT]
+    for path in places:
         if not path.exists():
             continue
         ckpt = load_checkpoint(path)
         if not _compatible(ckpt, cfg, table, data):
             note = f"{path.name} has other settings, labels or data: starting afresh"
             continue
-        if best is None or ckpt["epoch"] > best["epoch"]:
-            best, best_path, note = ckpt, path, f"resumed from {path.name} at epoch {ckpt['epoch']}"
+        position = ckpt.get("position")
+        if position and (position["world"], position["accum"]) != (world, cfg.grad_accum_steps):
+            note = f"{path.name}: mid-epoch position of another gpus/grad_accum_steps, not used"
+            continue
+        if best is None or _progress(ckpt) > _progress(best):
+            epoch, done = _progress(ckpt)
+            where = f"epoch {epoch}" + (f" + {done} steps" if done else "")
+            best, best_path, note = ckpt, path, f"resumed from {path} at {where}"
     return best, best_path, note
 
 
-def _checkpoint(model, opt, epoch, history, table: LabelTable, queries: QueryBank, text, cfg, data) -> dict:
+def save_state(folder: Path, state: dict, mid_epoch: bool) -> None:
+    """Write ``step.pt`` (mid-epoch) or ``epoch.pt`` (then the older ``step.pt`` is dropped), atomically."""
+    save_checkpoint(folder / (STEP_STATE if mid_epoch else EPOCH_STATE), state)
+    if not mid_epoch:
+        (folder / STEP_STATE).unlink(missing_ok=True)
+
+
+def _checkpoint(model, opt, epoch, history, table: LabelTable, queries: QueryBank, text, cfg, data,
+                scaler=None, position: dict | None = None) -> dict:
     """The checkpoint dict (tensors, dicts, lists, str, int, float only; loads with ``weights_only=True``).
 
     ``label_ids``/``label_names``/``label_members`` are the training vocabulary (the zero-shot stage
@@ -83,4 +136,6 @@ def _checkpoint(model, opt, epoch, history, table: LabelTable, queries: QueryBan
         "optimizer_state": opt.state_dict(), "text_encoder": text.name, "text_pooling": text.pooling,
         "history": [dict(r) for r in history], "resume_key": cfg.resume_key(),
         "n_train": data.n_train, "n_val": data.n_val, "n_samples": data.n_samples,
+        **({"scaler_state": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}),
+        **({"position": position} if position is not None else {}),
     }
