@@ -7,10 +7,15 @@ rank, world_size). A torch ``DataLoader`` (map-style dataset indexed by window p
 the plan's whatever the number of workers) reads each window's row groups in a worker, views the
 fixed-size binary column with ``np.frombuffer`` and scatters the rows into the window's shuffled
 order; the training process only slices batches off the windows. Memory in flight is bounded by
-``(loader_workers × 2 + 2)`` windows, independent of the number of records.
+``(loader_workers × 2 + 2)`` windows, independent of the number of records. Read in process
+(``loader_workers=0``), a window is filled into a buffer of a small pool (:data:`POOL_WINDOWS`),
+reused once no tensor of its previous window is alive: a freshly allocated 128 MiB window costs a
+page fault per 4 KiB on first touch, which is most of the CPU of the data path.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -25,30 +30,81 @@ from supreme_ecg.pretrain.shards import _row_group_ids, hash_fraction, n_samples
 WINDOW_BYTES = 128 << 20
 #: Default budget (float32 bytes per rank) of the validation cache; records beyond it are re-read.
 VAL_CACHE_BYTES = 2 << 30
+#: Window buffers an in-process reader keeps for reuse (the current window, the previous one that
+#: batches or a carried tail may still view, and one spare).
+POOL_WINDOWS = 3
 
 
 class _WindowReader(Dataset):
     """Reads one window plan ``(parts, n, label_rows)`` → ``(x float32 (n, 12, L), y int8 (n, K))``.
 
     ``parts`` are ``(path index, row group, rows or None for all, output positions)``.
+
+    In process, windows are filled into pooled buffers: each window's tensor is made with
+    ``torch.from_numpy`` of a fresh view of its buffer, so the view lives exactly as long as any
+    tensor sharing that storage (batches, slices, ``numpy()`` of them); a buffer is reused only
+    once the weak reference to its last view is dead. In a worker every window is a new
+    shared-memory tensor (the training process owns it once sent).
     """
 
-    def __init__(self, paths, n_samples: int, matrix: np.ndarray):
-        """Remember the shards; files are opened (memory-mapped) lazily in each process."""
+    def __init__(self, paths, n_samples: int, matrix: np.ndarray, capacity: int = 0):
+        """Remember the shards; files are opened (memory-mapped) lazily in each process.
+
+        ``capacity``: records a pooled buffer is made for (the largest window expected), so that
+        windows of every size fit the same buffers.
+        """
         self.paths, self.n_samples, self.matrix, self._files = list(paths), n_samples, matrix, {}
+        self._pool: list = []  # [buffer (capacity, 12, L) float32, weakref to the view in use or None]
+        self._largest = int(capacity)
 
     def __getstate__(self):
-        """Open files stay behind when pickled to a worker."""
-        return {**self.__dict__, "_files": {}}
+        """Open files and pooled buffers stay behind when pickled to a worker."""
+        return {**self.__dict__, "_files": {}, "_pool": [], "_largest": 0}
+
+    def _pooled(self, n: int) -> torch.Tensor:
+        """An (n, 12, L) float32 tensor over a pooled buffer that nothing else views any more.
+
+        The smallest free buffer that fits is reused; otherwise a new one (of the capacity or the
+        largest window seen, so that later windows fit) replaces a free one that is too small, else the
+        oldest busy one (which stays with whoever holds it), keeping at most :data:`POOL_WINDOWS`.
+        The first call also makes (and touches) a spare: a window is filled while the previous one
+        is still viewed (by the last batches and the carried tail), so a stream needs two.
+        """
+        self._largest = max(self._largest, n)
+        free = [e for e in self._pool if e[1] is None or e[1]() is None]
+        fits = [e for e in free if len(e[0]) >= n]
+        if fits:
+            entry = min(fits, key=lambda e: len(e[0]))
+        else:
+            if len(self._pool) >= POOL_WINDOWS:
+                self._pool.remove(free[0] if free else self._pool[0])
+            entry = [self._buffer(), None]
+            self._pool.append(entry)
+            if len(self._pool) == 1:
+                spare = self._buffer()
+                spare.fill(0)  # its pages now, not in the middle of the stream
+                self._pool.append([spare, None])
+        view = entry[0][:n]
+        entry[1] = weakref.ref(view)
+        return torch.from_numpy(view)  # the tensor's storage keeps ``view`` alive
+
+    def _buffer(self) -> np.ndarray:
+        """A new (capacity, 12, L) float32 buffer.
+
+        Made by torch's allocator, not numpy's: numpy asks for transparent huge pages on large
+        arrays, whose first touch can stall in the kernel's compaction far longer than 4 KiB faults.
+        """
+        return torch.empty((self._largest, 12, self.n_samples), dtype=torch.float32).numpy()
 
     def _view(self, path_idx: int, rg: int) -> np.ndarray:
         """One row group's signals as a (rows, 12 * L) view of the Arrow buffer (stored dtype)."""
         if path_idx not in self._files:
-            pf = pq.ParquetFile(self.paths[path_idx], memory_map=True)
+            # one column read whole, single-threaded and without pre-buffering (both measured slower)
+            pf = pq.ParquetFile(self.paths[path_idx], memory_map=True, pre_buffer=False)
             self._files[path_idx] = (pf, signal_dtype_of(pf.schema_arrow.field("signal")))
         pf, dtype = self._files[path_idx]
         width = 12 * self.n_samples
-        chunks = pf.read_row_group(rg, columns=["signal"]).column(0).chunks
+        chunks = pf.read_row_group(rg, columns=["signal"], use_threads=False).column(0).chunks
         views = [np.frombuffer(c.buffers()[1], dtype, count=len(c) * width, offset=c.offset * width * dtype.itemsize)
                  .reshape(len(c), width) for c in chunks if len(c)]
         return views[0] if len(views) == 1 else np.concatenate(views) if views else np.zeros((0, width), dtype)
@@ -60,13 +116,19 @@ class _WindowReader(Dataset):
     def __getitem__(self, plan):
         """Assemble one window: every part's rows scattered to their shuffled positions."""
         parts, n, label_rows = plan
-        x = torch.empty((n, 12, self.n_samples), dtype=torch.float32)
         if get_worker_info() is not None:
+            x = torch.empty((n, 12, self.n_samples), dtype=torch.float32)
             x.share_memory_()  # filled in place, handed to the training process without a copy
+        else:
+            x = self._pooled(n)
         out = x.numpy().reshape(n, -1)
         for path_idx, rg, rows, pos in parts:
             view = self._view(path_idx, rg)
-            out[pos] = view if rows is None else view[rows]
+            if rows is None:
+                out[pos] = view
+            else:  # row by row: no gathered temporary (a second copy into fresh pages)
+                for p, r in zip(pos.tolist(), rows.tolist()):
+                    out[p] = view[r]
         return x, torch.from_numpy(self.matrix[label_rows])
 
 
@@ -118,7 +180,7 @@ class _Data:
         val = np.concatenate([u["val"] for u in self.units]) if self.units else np.zeros(0, bool)
         self.n_val, self.n_train = int(val.sum()), int((~val).sum())
         self.in_memory = self.n_train + self.n_val <= cfg.max_in_memory_records
-        self._loader = self._val_cache = None
+        self._loader = self._val_cache = self._reader = None
         if self.in_memory and self.units:
             self._load_all()
 
@@ -255,7 +317,8 @@ class _Data:
             return pieces[0]
         xs, ys = zip(*pieces)
         x = torch.empty((sum(len(p) for p in xs), 12, self.n_samples), pin_memory=self.pin_memory)
-        return torch.cat(xs, out=x), torch.cat(ys)
+        np.concatenate([p.numpy() for p in xs], out=x.numpy())  # one thread, as the rest of the path
+        return x, torch.cat(ys)
 
     # ------------------------------------------------------------------ streaming plans
 
@@ -285,6 +348,11 @@ class _Data:
         """Records per window: ``shuffle_buffer``, capped by :data:`WINDOW_BYTES`."""
         return max(1, min(self.cfg.shuffle_buffer, WINDOW_BYTES // max(12 * self.n_samples * 4, 1)))
 
+    def _max_window(self) -> int:
+        """Most records a window plan can hold (it closes once it reaches :meth:`_window_records`)."""
+        most_per_unit = max((len(u["rows"]) for u in self.units), default=0)
+        return min(self._window_records() - 1 + most_per_unit, self.n_train + self.n_val)
+
     def _windows(self, runs, rng):
         """Group runs into window plans of about :meth:`_window_records` records (shuffled when ``rng``)."""
         size, plans, group, held = self._window_records(), [], [], 0
@@ -313,7 +381,9 @@ class _Data:
     def _load(self, plans):
         """The windows of ``plans`` read by the loader's workers (or in process), in plan order."""
         if self.cfg.loader_workers <= 0:
-            reader = _WindowReader(self.paths, self.n_samples, self.matrix)
+            if self._reader is None:  # kept: its buffer pool and open files serve every pass
+                self._reader = _WindowReader(self.paths, self.n_samples, self.matrix, self._max_window())
+            reader = self._reader
             for plan in plans:
                 x, y = reader[plan]
                 yield (x.pin_memory() if self.pin_memory else x), y
@@ -338,7 +408,8 @@ class _Data:
         for x, y in self._windows(self._val_sequence(start, stop), None):
             if held < keep:
                 take = min(keep - held, len(x))
-                head = x if take == len(x) else x[:take].clone()
+                # a window viewing part of a larger pooled buffer is copied, so the cache holds no more
+                head = x if take == len(x) and x.untyped_storage().nbytes() == x.nbytes else x[:take].clone()
                 cache.append((head.pin_memory() if self.pin_memory and not head.is_pinned() else head, y[:take]))
                 held += take
             yield x, y
