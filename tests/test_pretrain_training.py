@@ -30,6 +30,7 @@ from supreme_ecg.preprocess import signal_array
 from supreme_ecg.pretrain import CHECKPOINT, PretrainConfig, pretrain, resolve_precision
 from supreme_ecg.pretrain.loop import micro_batch
 from supreme_ecg.pretrain.outputs import STEP_STATE
+from toy_ecg import toy_signals
 
 LABELS, FREQS = ["afib", "avb", "ste"], [3.0, 7.0, 13.0]
 N_TRAIN, N_VAL, LENGTH, FS = 96, 32, 500, 250
@@ -70,11 +71,7 @@ def toy(tmp_path_factory) -> dict:
     rng = np.random.default_rng(5)
     n = N_TRAIN + N_VAL
     ids = [f"r{i:03d}" for i in range(n)]
-    y = (rng.random((n, len(LABELS))) < 0.4).astype(np.int8)
-    t = np.arange(LENGTH) / FS
-    x = rng.normal(0, 0.3, (n, 12, LENGTH)).astype(np.float32)
-    for k, f in enumerate(FREQS):
-        x[y[:, k] == 1, k] += np.sin(2 * np.pi * f * t).astype(np.float32)
+    y, x = toy_signals(rng, n, FREQS, LENGTH, FS)
     split = ["val" if i % 4 == 0 else "train" for i in range(n)]
     pq.write_table(pa.table({
         "record_id": ids, "dataset": ["toy"] * n, "split": ["train"] * n, "fs": pa.array([FS] * n, pa.int32()),

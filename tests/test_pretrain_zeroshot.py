@@ -27,6 +27,7 @@ from supreme_ecg.pretrain import (
     CHECKPOINT, IN_PROGRESS, METRICS_COLUMNS, PretrainConfig, QueryBank, label_phrasings, macro_auc, masked_bce,
     pretrain, read_label_table,
 )
+from toy_ecg import toy_signals
 from supreme_ecg.zeroshot import SUMMARY_COLUMNS, evaluate_task, measure_seen, summarise, training_vocabulary
 
 LABELS = ["atrial_fibrillation", "first_degree_av_block", "st_elevation", "left_bundle_branch_block"]
@@ -80,12 +81,7 @@ def toy(tmp_path_factory) -> dict:
     rng = np.random.default_rng(0)
     total = N_LABELLED + N_UNLABELLED
     ids = [f"toy{i:04d}" for i in range(total)]
-    y = (rng.random((total, len(LABELS))) < 0.4).astype(np.int8)
-    t = np.arange(LENGTH) / FS
-    x = rng.normal(0, 0.3, (total, 12, LENGTH)).astype(np.float32)
-    for k, f in enumerate(FREQS):
-        pos = y[:, k] == 1
-        x[pos, k] += 1.5 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi, (pos.sum(), 1))).astype(np.float32)
+    y, x = toy_signals(rng, total, FREQS, LENGTH, FS, amplitude=1.5, random_phase=True)
     labels = pd.DataFrame({"record_id": ids[:N_LABELLED], **{c: y[:N_LABELLED, k] for k, c in enumerate(LABELS)}})
     labels.to_parquet(root / "labels.parquet", index=False)
     unknown = labels.copy()  # e.g. a quarantined statement: the signal still carries the finding
