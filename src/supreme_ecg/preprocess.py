@@ -315,6 +315,14 @@ def output_schema(manifest_schema: pa.Schema, cfg: PreprocessConfig) -> pa.Schem
     return pa.schema(passed + added, metadata=meta)
 
 
+def shard_preprocess_settings(path) -> dict:
+    """The :class:`PreprocessConfig` fields a shard was written with (its Parquet metadata; {} if absent)."""
+    import ast
+
+    raw = (pq.read_schema(path).metadata or {}).get(b"supreme_ecg.preprocess")
+    return dict(ast.literal_eval(raw.decode())) if raw is not None else {}
+
+
 def _resolve(source_path: str, root) -> Path:
     """``root / source_path`` (an absolute source_path ignores root)."""
     return Path(root) / source_path if root is not None else Path(source_path)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from supreme_ecg.preprocess import read_signals, signal_dtype_of
+from supreme_ecg.preprocess import read_signals, shard_preprocess_settings, signal_dtype_of
 from supreme_ecg.pretrain.config import SPLIT_COLUMN, PretrainConfig
 from supreme_ecg.pretrain.shards import _row_group_ids, hash_fraction, n_samples_of, read_row_group
 
@@ -167,6 +167,7 @@ class _Data:
         self.units, seen, self.n_records, self.n_unlabeled, self.n_duplicates = [], set(), 0, 0, 0
         self.n_not_pretraining = 0
         self.n_samples = self._check_lengths()
+        self.preprocess = self._check_preprocess()
         for k, path in enumerate(self.paths):
             names = pq.read_schema(path).names
             cols = ["record_id"] + [c for c in (cfg.group_column, SPLIT_COLUMN) if c in names and c != "record_id"]
@@ -190,6 +191,14 @@ class _Data:
         if len(sizes) > 1:
             raise ValueError(f"shards have different signal lengths {sorted(sizes)}")
         return sizes.pop() if sizes else 0
+
+    def _check_preprocess(self) -> dict:
+        """The preprocessing settings all shards were written with (stored in the checkpoint; empty when
+        a shard does not record them, e.g. one written by hand — ``predict`` then refuses the checkpoint)."""
+        settings = [shard_preprocess_settings(p) for p in self.paths]
+        if any(s != settings[0] for s in settings[1:]):
+            raise ValueError("shards were preprocessed with different settings; rerun preprocess_shard")
+        return settings[0] if settings else {}
 
     def _scan(self, path, rg, batch, label_index, seen, path_idx: int) -> None:
         """Record which rows of one row group are labelled (first occurrence), and their split."""

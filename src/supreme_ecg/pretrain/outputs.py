@@ -136,6 +136,7 @@ def _checkpoint(model, opt, epoch, history, table: LabelTable, queries: QueryBan
         "optimizer_state": opt.state_dict(), "text_encoder": text.name, "text_pooling": text.pooling,
         "history": [dict(r) for r in history], "resume_key": cfg.resume_key(),
         "n_train": data.n_train, "n_val": data.n_val, "n_samples": data.n_samples,
+        "preprocess": dict(data.preprocess),
         **({"scaler_state": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}),
         **({"position": position} if position is not None else {}),
     }
