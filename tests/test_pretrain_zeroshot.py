@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from supreme_ecg import catalogue
-from supreme_ecg.model import TextEncoder, load_checkpoint
+from supreme_ecg.model import TextEncoder, load_checkpoint, random_init_checkpoint, save_checkpoint
 from supreme_ecg.preprocess import signal_array
 from supreme_ecg.extract.standardise import DEFAULT_MERGE_THRESHOLD, modifier_conflict
 from supreme_ecg.pretrain import (
@@ -233,19 +233,36 @@ def write_task_labels(toy, path: Path) -> pd.DataFrame:
     return frame
 
 
-PER_CLASS_COLUMNS = ["task", "class", "description", "n_pos", "n_neg", "auc", "nearest_label", "nearest_label_name",
-                     "nearest_form", "nearest_label_similarity", "seen", "class_kind", "seen_threshold"]
+PER_CLASS_COLUMNS = ["task", "class", "description", "encoder", "n_pos", "n_neg", "auc", "ci_low", "ci_high",
+                     "nearest_label", "nearest_label_name", "nearest_form", "nearest_label_similarity", "seen",
+                     "class_kind", "seen_threshold"]
 
 
 def test_zeroshot_on_toy(toy, trained, minilm, tmp_path):
     """Files written; AUC NaN without positives; seen measured against the checkpoint's labels
-    (no vocabulary file needed); seen AFIB scores well."""
+    (no vocabulary file needed); seen AFIB scores well; the random-init baseline scored beside it with
+    intervals that cover each AUC."""
     frame = write_task_labels(toy, tmp_path / "cpsc2018.parquet")
     out = tmp_path / "zs"
+    baseline = tmp_path / "random_init.pt"
+    save_checkpoint(baseline, random_init_checkpoint(load_checkpoint(trained["out"] / CHECKPOINT), seed=0))
     summary = evaluate_task("cpsc2018", trained["out"] / CHECKPOINT, toy["shards"], tmp_path / "cpsc2018.parquet",
-                            None, out, splits=("test",), text_encoder=minilm)
-    per_class = pd.read_parquet(out / "per_class.parquet")
-    assert list(per_class.columns) == PER_CLASS_COLUMNS
+                            None, out, splits=("test",), text_encoder=minilm, baseline_checkpoint_path=baseline,
+                            n_resamples=200)
+    both = pd.read_parquet(out / "per_class.parquet")
+    assert list(both.columns) == PER_CLASS_COLUMNS
+    assert both["encoder"].tolist() == ["pretrained"] * 9 + ["random_init"] * 9
+    per_class = both[both["encoder"] == "pretrained"].reset_index(drop=True)
+    rand = both[both["encoder"] == "random_init"].set_index("class")
+    evaluated = per_class["auc"].notna()
+    assert (per_class.loc[evaluated, "ci_low"] <= per_class.loc[evaluated, "auc"]).all()
+    assert (per_class.loc[evaluated, "auc"] <= per_class.loc[evaluated, "ci_high"]).all()
+    # pre-training learnt the toy signals; random weights did not
+    assert summary["macro_auc"] > summary["random_init_macro_auc"] + 0.1
+    assert rand.loc["AFIB", "auc"] < per_class.set_index("class").loc["AFIB", "auc"]
+    assert summary["ci_low"] <= summary["macro_auc"] <= summary["ci_high"]
+    assert summary["random_init_ci_low"] <= summary["random_init_macro_auc"] <= summary["random_init_ci_high"]
+    assert summary["splits"] == "test"
     assert per_class["class"].tolist() == [c.name for c in catalogue.task_classes("cpsc2018")]
     by = per_class.set_index("class")
     assert math.isnan(by.loc["STD", "auc"]) and by.loc["STD", "n_pos"] == 0
@@ -262,21 +279,25 @@ def test_zeroshot_on_toy(toy, trained, minilm, tmp_path):
     assert (by["seen_threshold"] == DEFAULT_MERGE_THRESHOLD).all() and by["nearest_label"].isin(LABELS).all()
     assert by.loc["AFIB", "auc"] > 0.9
     n_test = int((frame["split"] == "test").sum()) - 1  # the ghost record has no signal
-    assert summary["n_records"] == n_test and summary["n_missing_signal"] == 1
+    assert summary["n_test_records"] == n_test and summary["n_missing_signal"] == 1
     assert (by["n_pos"] + by["n_neg"] == n_test).all()
     assert summary["n_classes"] == 9 and summary["n_classes_evaluated"] == 8
     assert summary["macro_auc"] == pytest.approx(per_class["auc"].mean(skipna=True))
     assert summary["n_seen"] == int(by["seen"].sum()) >= 3 and summary["n_seen"] + summary["n_unseen"] == 9
     assert summary["macro_auc_seen"] == pytest.approx(per_class.loc[per_class["seen"], "auc"].mean(skipna=True))
     scores = pd.read_parquet(out / "scores.parquet")
-    assert list(scores.columns[:2]) == ["record_id", "split"] and len(scores) == n_test
-    assert ((scores.iloc[:, 2:] >= 0) & (scores.iloc[:, 2:] <= 1)).all().all()
-    assert (out / "roc.png").stat().st_size > 0
+    assert list(scores.columns[:3]) == ["record_id", "split", "encoder"] and len(scores) == 2 * n_test
+    assert ((scores.iloc[:, 3:] >= 0) & (scores.iloc[:, 3:] <= 1)).all().all()
+    assert (out / "auc_bars.png").stat().st_size > 0
+    boot = pd.read_parquet(out / "bootstrap.parquet")
+    assert set(boot["group"]) == {"all", "seen", "unseen"} and set(boot["encoder"]) == {"pretrained", "random_init"}
+    assert len(boot) == 2 * 3 * 200
     # with the vocabulary file: the same result; a stricter threshold can only shrink the seen set
     again = evaluate_task("cpsc2018", trained["out"] / CHECKPOINT, toy["shards"], tmp_path / "cpsc2018.parquet",
                           toy["vocabulary"], tmp_path / "zs2", splits=("test",), text_encoder=minilm,
                           seen_threshold=0.99)
     strict = pd.read_parquet(tmp_path / "zs2" / "per_class.parquet").set_index("class")
+    assert (strict["encoder"] == "pretrained").all()  # no baseline given: none scored
     assert again["seen_threshold"] == 0.99 and (strict["seen_threshold"] == 0.99).all()
     assert set(strict.index[strict["seen"]]) == {"AFIB", "1AVB", "STE"} <= set(by.index[by["seen"]])
 
@@ -359,36 +380,62 @@ def test_member_surface_forms_count_for_seen(minilm):
 
 
 def test_summarise_average_row(tmp_path):
-    """One row per task plus an ``average`` row: AUC means over tasks (NaN skipped), count sums;
-    summary.md lists each class with its positives, AUC, kind and nearest-label evidence."""
+    """One row per task plus an ``average`` row: AUC means over tasks (NaN skipped), count sums, the
+    average's interval from the tasks' resamples averaged; summary.md lists each class with its
+    positives, AUC, kind and nearest-label evidence, and its title names the scored split."""
+    import json
+
     paths = []
-    for task, aucs, kinds in [("a", [0.8, 0.6, float("nan"), 0.55], ["seen", "unseen", "unseen", "unseen"]),
-                              ("b", [0.9, 0.7], ["seen", "seen"])]:
+    for task, aucs, kinds, boot in [("a", [0.8, 0.6, float("nan"), 0.55], ["seen", "unseen", "unseen", "unseen"],
+                                     [0.6, 0.7, 0.8]),
+                                    ("b", [0.9, 0.7], ["seen", "seen"], [0.8, 0.9, 1.0])]:
         n = len(aucs)
-        frame = pd.DataFrame({"task": task, "class": [f"c{i}" for i in range(n)], "description": "d", "auc": aucs,
+        folder = tmp_path / task
+        folder.mkdir()
+        frame = pd.DataFrame({"task": task, "class": [f"c{i}" for i in range(n)], "description": "d",
+                              "encoder": "pretrained", "auc": aucs, "ci_low": np.array(aucs) - 0.1,
+                              "ci_high": np.array(aucs) + 0.1,
                               "class_kind": kinds, "seen": [k == "seen" for k in kinds], "n_pos": 1, "n_neg": 1,
                               "nearest_label": "toy_label", "nearest_label_name": "toy label",
                               "nearest_form": "toy label", "nearest_label_similarity": np.linspace(0.5, 1.0, n),
                               "seen_threshold": 0.8})
-        paths.append(tmp_path / f"{task}.parquet")
+        paths.append(folder / "per_class.parquet")
         frame.to_parquet(paths[-1])
+        pd.DataFrame({"encoder": "pretrained", "group": "all", "resample": range(3), "macro_auc": boot}).to_parquet(
+            folder / "bootstrap.parquet")
+        (folder / "evaluation.json").write_text(json.dumps({
+            "splits": ["test"], "n_records": 10, "n_redraws": {"pretrained": 2},
+            "macro": {"pretrained": {"all": [0.0, min(boot), max(boot)]}}}))
     table = summarise(paths, tmp_path / "summary.csv")
     csv = pd.read_csv(tmp_path / "summary.csv")
     assert list(csv.columns) == SUMMARY_COLUMNS and csv["task"].tolist() == ["a", "b", "average"]
     a, b, avg = csv.to_dict("records")
     assert a["macro_auc"] == pytest.approx((0.8 + 0.6 + 0.55) / 3) and a["n_classes_evaluated"] == 3
+    assert (a["ci_low"], a["ci_high"]) == (0.6, 0.8)
     assert a["macro_auc_seen"] == pytest.approx(0.8) and a["macro_auc_unseen"] == pytest.approx((0.6 + 0.55) / 2)
     assert (a["n_seen"], a["n_unseen"], a["n_seen_evaluated"], a["n_unseen_evaluated"]) == (1, 3, 1, 2)
     assert math.isnan(b["macro_auc_unseen"]) and b["n_unseen"] == 0
+    assert math.isnan(b["random_init_macro_auc"])  # no baseline rows
     assert avg["macro_auc"] == pytest.approx(((0.8 + 0.6 + 0.55) / 3 + 0.8) / 2)
+    # resample-wise means (0.7, 0.8, 0.9) → 95 % percentile interval inside [0.7, 0.9]
+    assert 0.7 <= avg["ci_low"] < avg["ci_high"] <= 0.9
     assert avg["macro_auc_seen"] == pytest.approx((0.8 + 0.8) / 2)
     assert avg["macro_auc_unseen"] == pytest.approx(0.575)
     assert avg["n_classes"] == 6 and avg["n_seen"] == 3 and avg["n_unseen"] == 3 and avg["n_unseen_evaluated"] == 2
+    assert avg["n_test_records"] == 20 and avg["n_redraws"] == 4 and avg["splits"] == "test"
     assert table.iloc[-1]["task"] == "average"
     md = (tmp_path / "summary.md").read_text()
-    assert "| average |" in md and "## a" in md and "## b" in md and "0.80" in md
-    assert "| c1 | d | 1 | 60.00 | unseen | toy label | toy label | 0.667 |" in md
+    assert md.startswith("# Zero-shot results (test split)")
+    assert "| average |" in md and "## a" in md and "## b" in md
+    assert "| c1 | d | 1 | 60.00 [50.00, 70.00] | unseen | toy label | toy label | 0.667 |" in md
     assert "| c2 | d | 1 | – | unseen |" in md
+
+
+def test_summary_title_says_when_splits_are_pooled(tmp_path):
+    from supreme_ecg.zeroshot import splits_title
+
+    assert splits_title({"test"}) == "test split"
+    assert "POOLED" in splits_title({"train", "val", "test"}) and "train" in splits_title({"train", "test"})
 
 
 def test_query_bank_samples_each_labels_own_member_phrasings(minilm):

@@ -168,7 +168,76 @@ def cmd_zeroshot(args: argparse.Namespace) -> dict:
     return evaluate_task(
         args.task, args.checkpoint, args.shards, args.task_labels, args.vocabulary, args.out_dir,
         splits=tuple(_comma_list(args.splits)), threads=args.threads, seen_threshold=args.seen_threshold,
+        baseline_checkpoint_path=args.baseline_checkpoint, n_resamples=args.n_resamples,
+        bootstrap_seed=args.bootstrap_seed, level=args.level,
     )
+
+
+def cmd_random_init(args: argparse.Namespace) -> dict:
+    """Write the random-init baseline of a checkpoint (same architecture, labels, preprocessing; fresh weights)."""
+    from supreme_ecg.model import load_checkpoint, random_init_checkpoint, save_checkpoint
+
+    save_checkpoint(args.out, random_init_checkpoint(load_checkpoint(args.checkpoint), seed=args.seed))
+    return {"out": args.out, "seed": args.seed}
+
+
+def cmd_features(args: argparse.Namespace) -> dict:
+    """Pooled encoder features of a task's records, for the pre-trained encoder and its baseline."""
+    from supreme_ecg.linear_probe import extract_features
+
+    checkpoints = {"pretrained": args.checkpoint}
+    if args.baseline_checkpoint:
+        checkpoints["random_init"] = args.baseline_checkpoint
+    return extract_features(checkpoints, args.shards, args.task_labels, args.out, threads=args.threads)
+
+
+def cmd_linear_probe(args: argparse.Namespace) -> dict:
+    """Linear probe of one task with a share of its training labels (early stopping on validation)."""
+    from supreme_ecg.linear_probe import ProbeConfig, run_linear_probe
+
+    report = run_linear_probe(
+        args.task, args.features, args.task_labels, args.percent, args.out_dir,
+        seeds=[int(s) for s in _comma_list(args.seeds)], cfg=ProbeConfig(**json.loads(args.settings)),
+        n_resamples=args.n_resamples, bootstrap_seed=args.bootstrap_seed, level=args.level,
+    )
+    return {e: {k: v for k, v in info.items() if k in ("status", "macro_auc", "ci_low", "ci_high", "n_train_used")}
+            for e, info in report["encoders"].items()}
+
+
+def cmd_linear_probe_summary(args: argparse.Namespace) -> dict:
+    """Summarise the linear probes into summary.csv."""
+    from supreme_ecg.linear_probe import summarise_probes
+
+    return {"rows": len(summarise_probes(args.probe_dirs, args.out))}
+
+
+def cmd_results_summary(args: argparse.Namespace) -> dict:
+    """results/summary.md (ours, the baseline, the published figures) and the overview chart."""
+    import pandas as pd
+
+    from supreme_ecg.plots import plot_overview
+    from supreme_ecg.run_report import overview_rows, write_results_summary
+
+    write_results_summary(args.zeroshot, args.probes, args.out)
+    rows = overview_rows(pd.read_csv(args.zeroshot), pd.read_csv(args.probes))
+    plot_overview(rows[rows["task"] != "average"], args.plot,
+                  title="Macro AUC per task: zero-shot and linear probes, pre-trained vs random-init encoder")
+    return {"out": args.out, "plot": args.plot}
+
+
+def cmd_example_ecgs(args: argparse.Namespace) -> dict:
+    """A figure of example test ECGs of a task with their true classes and top-scored queries."""
+    from supreme_ecg.run_report import write_example_ecgs
+
+    return write_example_ecgs(args.task, args.scores, args.task_labels, args.manifest, args.root, args.out,
+                              n=args.n)
+
+
+def cmd_predict(args: argparse.Namespace) -> dict:
+    """Score ECG files against free-text condition descriptions (or a benchmark task's classes)."""
+    from supreme_ecg import predict
+
+    return predict.run(args)
 
 
 def cmd_summarise(args: argparse.Namespace) -> dict:
@@ -177,6 +246,13 @@ def cmd_summarise(args: argparse.Namespace) -> dict:
 
     summary = summarise(args.per_class, args.out)
     return {"rows": len(summary)}
+
+
+def _bootstrap_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the bootstrap intervals (config ``evaluation``)."""
+    p.add_argument("--n-resamples", type=int, default=1000)
+    p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--level", type=float, default=0.95)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,7 +388,63 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine from which a class description counts as a training label (seen); "
                         "default: the extraction's default merge threshold")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--baseline-checkpoint", default=None, help="the random-init baseline, scored beside")
+    _bootstrap_arguments(p)
     p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("random-init", help=cmd_random_init.__doc__)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_random_init)
+
+    p = sub.add_parser("features", help=cmd_features.__doc__)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--baseline-checkpoint", default=None)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--task-labels", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("linear-probe", help=cmd_linear_probe.__doc__)
+    p.add_argument("--task", required=True)
+    p.add_argument("--features", required=True)
+    p.add_argument("--task-labels", required=True)
+    p.add_argument("--percent", type=float, required=True, help="share of the training labels, in percent")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated; 100 %% uses the first only")
+    p.add_argument("--settings", default="{}", help="JSON object of ProbeConfig fields")
+    _bootstrap_arguments(p)
+    p.set_defaults(func=cmd_linear_probe)
+
+    p = sub.add_parser("linear-probe-summary", help=cmd_linear_probe_summary.__doc__)
+    p.add_argument("--probe-dirs", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_linear_probe_summary)
+
+    p = sub.add_parser("results-summary", help=cmd_results_summary.__doc__)
+    p.add_argument("--zeroshot", required=True, help="results/zeroshot/summary.csv")
+    p.add_argument("--probes", required=True, help="results/linear_probe/summary.csv")
+    p.add_argument("--out", required=True)
+    p.add_argument("--plot", required=True)
+    p.set_defaults(func=cmd_results_summary)
+
+    p = sub.add_parser("example-ecgs", help=cmd_example_ecgs.__doc__)
+    p.add_argument("--task", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--task-labels", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=3)
+    p.set_defaults(func=cmd_example_ecgs)
+
+    p = sub.add_parser("predict", help=cmd_predict.__doc__)
+    from supreme_ecg import predict  # light at import: torch loads when predict runs
+
+    predict.add_arguments(p)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("summarise", help=cmd_summarise.__doc__)
     p.add_argument("--per-class", nargs="+", required=True)

@@ -209,3 +209,17 @@ def model_from_checkpoint(checkpoint: dict) -> SupremeModel:
     model = build_model(checkpoint["config"])
     model.load_state_dict(checkpoint["model_state"])
     return model.eval()
+
+
+def random_init_checkpoint(checkpoint: dict, seed: int = 0) -> dict:
+    """The baseline of a checkpoint: the same architecture, text encoder, labels and preprocessing, with
+    freshly initialised weights (``torch.manual_seed(seed)``) — encoder *and* fusion head untrained."""
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = build_model(checkpoint["config"])
+    finally:
+        torch.random.set_rng_state(generator_state)
+    keep = {k: v for k, v in checkpoint.items() if k not in ("model_state", "optimizer_state", "scaler_state",
+                                                               "history", "epoch")}
+    return {**keep, "model_state": model.state_dict(), "epoch": 0, "history": [], "random_init_seed": int(seed)}

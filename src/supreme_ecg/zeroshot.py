@@ -12,6 +12,7 @@ its similarity and the form it matched are written beside the AUC as the evidenc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
 from supreme_ecg import catalogue
+from supreme_ecg.bootstrap import (
+    LEVEL, N_RESAMPLES, SEED, bootstrap_aucs, percentile_interval, samples_table, write_bootstrap_samples,
+)
 from supreme_ecg.extract.standardise import (
     DEFAULT_MERGE_THRESHOLD, cosine_matrix, is_seen, normalise_surface, order_key,
 )
@@ -30,14 +34,18 @@ from supreme_ecg.model import TextEncoder, load_checkpoint, model_from_checkpoin
 from supreme_ecg.preprocess import read_signals
 from supreme_ecg.pretrain import iter_row_groups, read_label_vocabulary, read_row_group, resolve_device
 
-SUMMARY_COLUMNS = ["task", "n_classes", "n_classes_evaluated", "macro_auc", "macro_auc_seen",
-                   "macro_auc_unseen", "n_seen", "n_unseen", "n_seen_evaluated", "n_unseen_evaluated"]
+SUMMARY_COLUMNS = ["task", "n_classes", "n_classes_evaluated", "macro_auc", "ci_low", "ci_high",
+                   "macro_auc_seen", "seen_ci_low", "seen_ci_high", "macro_auc_unseen", "unseen_ci_low",
+                   "unseen_ci_high", "random_init_macro_auc", "random_init_ci_low", "random_init_ci_high",
+                   "n_seen", "n_unseen", "n_seen_evaluated", "n_unseen_evaluated", "n_test_records", "n_redraws",
+                   "splits"]
 #: seen = the description would have been standardised into a training label (see measure_seen);
 #: unseen = it would not (no training label's name or member form is close enough, or only conflicting ones)
 CLASS_KINDS = ("seen", "unseen")
 PER_CLASS_SCHEMA = pa.schema([
-    ("task", pa.string()), ("class", pa.string()), ("description", pa.string()), ("n_pos", pa.int64()),
-    ("n_neg", pa.int64()), ("auc", pa.float64()), ("nearest_label", pa.string()),
+    ("task", pa.string()), ("class", pa.string()), ("description", pa.string()), ("encoder", pa.string()),
+    ("n_pos", pa.int64()), ("n_neg", pa.int64()), ("auc", pa.float64()), ("ci_low", pa.float64()),
+    ("ci_high", pa.float64()), ("nearest_label", pa.string()),
     ("nearest_label_name", pa.string()), ("nearest_form", pa.string()), ("nearest_label_similarity", pa.float64()),
     ("seen", pa.bool_()), ("class_kind", pa.string()), ("seen_threshold", pa.float64()),
 ])
@@ -48,6 +56,18 @@ def _text_encoder(checkpoint: dict, text_encoder) -> TextEncoder:
     if text_encoder is None or text_encoder == checkpoint["text_encoder"]:
         return TextEncoder(checkpoint["text_encoder"], checkpoint.get("text_pooling"))
     return TextEncoder(text_encoder) if isinstance(text_encoder, str) else text_encoder
+
+
+def encode_queries(checkpoint: dict, texts: list[str], text_encoder=None) -> tuple[TextEncoder, torch.Tensor]:
+    """(text encoder, query embeddings (N, D)) for a checkpoint: its own encoder unless one is given;
+    an encoder whose width differs from the one the checkpoint was trained with is refused."""
+    text = _text_encoder(checkpoint, text_encoder)
+    query = text.encode(list(texts))
+    text_dim = checkpoint["config"]["head"]["text_dim"]
+    if query.shape[1] != text_dim:
+        raise ValueError(f"text encoder {text.name} gives {query.shape[1]}-d embeddings; the checkpoint "
+                         f"was trained with {text_dim}-d")
+    return text, query
 
 
 def training_vocabulary(checkpoint: dict, vocabulary_path=None) -> tuple[list[str], list[str], list[list[str]]]:
@@ -164,61 +184,56 @@ def class_auc(truth: np.ndarray, score: np.ndarray) -> tuple[int, int, float]:
     return n_pos, n_neg, (float(roc_auc_score(y, s)) if n_pos and n_neg else float("nan"))
 
 
-def task_summary(per_class: pd.DataFrame, task: str | None = None) -> dict:
-    """One summary row (``SUMMARY_COLUMNS``) from a per-class table."""
-    auc, kind = per_class["auc"].astype(float), per_class["class_kind"]
+def task_summary(per_class: pd.DataFrame, task: str | None = None, evaluation: dict | None = None) -> dict:
+    """One summary row (``SUMMARY_COLUMNS``) from a per-class table (its ``pretrained`` rows, and the
+    ``random_init`` baseline's macro AUC beside them) and the task's ``evaluation.json`` (intervals)."""
+    mine = per_class[per_class["encoder"] == "pretrained"] if "encoder" in per_class else per_class
+    base = per_class[per_class["encoder"] == "random_init"] if "encoder" in per_class else per_class.iloc[:0]
+    auc, kind = mine["auc"].astype(float), mine["class_kind"]
 
     def mean(values: pd.Series) -> float:
         values = values.dropna()
         return float(values.mean()) if len(values) else float("nan")
 
+    evaluation = evaluation or {}
+    intervals = evaluation.get("macro", {})
+
+    def ci(encoder: str, group: str) -> tuple[float, float]:
+        low, high = intervals.get(encoder, {}).get(group, [float("nan")] * 3)[1:]
+        return float(low), float(high)
+
     row = {
-        "task": task or str(per_class["task"].iloc[0]), "n_classes": int(len(per_class)),
+        "task": task or str(per_class["task"].iloc[0]), "n_classes": int(len(mine)),
         "n_classes_evaluated": int(auc.notna().sum()), "macro_auc": mean(auc),
     }
-    row.update({f"macro_auc_{k}": mean(auc[kind == k]) for k in CLASS_KINDS})
+    row["ci_low"], row["ci_high"] = ci("pretrained", "all")
+    for k in CLASS_KINDS:
+        row[f"macro_auc_{k}"] = mean(auc[kind == k])
+        row[f"{k}_ci_low"], row[f"{k}_ci_high"] = ci("pretrained", k)
+    row["random_init_macro_auc"] = mean(base["auc"].astype(float)) if len(base) else float("nan")
+    row["random_init_ci_low"], row["random_init_ci_high"] = ci("random_init", "all")
     row.update({f"n_{k}": int((kind == k).sum()) for k in CLASS_KINDS})
     row.update({f"n_{k}_evaluated": int((auc.notna() & (kind == k)).sum()) for k in CLASS_KINDS})
+    row["n_test_records"] = int(evaluation.get("n_records", 0))
+    row["n_redraws"] = int(evaluation.get("n_redraws", {}).get("pretrained", 0))
+    row["splits"] = "+".join(evaluation.get("splits") or ["all"])
     return row
-
-
-def plot_roc(task: str, labels: pd.DataFrame, scores: pd.DataFrame, per_class: pd.DataFrame, path) -> None:
-    """``roc.png``: one ROC curve per class (seen dashed, unseen solid), AUC in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.5, 6))
-    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
-    for k, row in enumerate(per_class.to_dict("records")):
-        if np.isnan(row["auc"]):
-            continue
-        truth = labels[row["class"]].to_numpy()
-        known = truth >= 0
-        fpr, tpr, _ = roc_curve(truth[known] > 0, scores[row["class"]].to_numpy()[known])
-        seen = bool(row["seen"])
-        ax.plot(fpr, tpr, ls="--" if seen else "-", lw=1.1, color=plt.cm.tab20(k % 20),
-                label=f"{row['class']} {row['auc']:.3f}{' (seen)' if seen else ''}")
-    summary = task_summary(per_class, task)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
-           title=f"{task}: zero-shot macro AUC {summary['macro_auc']:.3f} "
-                 f"({summary['n_classes_evaluated']}/{summary['n_classes']} classes; dashed = seen)")
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 + len(per_class) // 25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def evaluate_task(task, checkpoint_path, shard_paths, task_labels_path, vocabulary_path, out_dir,
                   splits=("test",), text_encoder=None, batch_size: int = 64, device: str = "auto",
-                  threads: int | None = None, seen_threshold: float | None = None) -> dict:
-    """Zero-shot evaluation of one task → ``per_class.parquet``, ``scores.parquet``, ``roc.png``.
+                  threads: int | None = None, seen_threshold: float | None = None, baseline_checkpoint_path=None,
+                  n_resamples: int = N_RESAMPLES, bootstrap_seed: int = SEED, level: float = LEVEL) -> dict:
+    """Zero-shot evaluation of one task → ``per_class.parquet``, ``scores.parquet``, ``bootstrap.parquet``,
+    ``evaluation.json`` and ``auc_bars.png`` in ``out_dir``.
 
-    ``splits=None`` takes every split; ``text_encoder`` (a name or an encoder) overrides the checkpoint's;
-    ``vocabulary_path`` (optional, may be None) is checked against the checkpoint's labels;
-    ``seen_threshold`` (default ``standardise.DEFAULT_MERGE_THRESHOLD``) is the cosine from which a
-    class description counts as the same finding as a training label (see :func:`measure_seen`).
+    The checkpoint is the ``pretrained`` encoder; ``baseline_checkpoint_path`` (optional) the
+    ``random_init`` baseline, scored with the same queries, records and code. ``splits=None`` takes every
+    split (the default is the test split only); ``text_encoder`` (a name or an encoder) overrides the
+    checkpoint's; ``vocabulary_path`` (optional) is checked against the checkpoint's labels;
+    ``seen_threshold`` (default ``standardise.DEFAULT_MERGE_THRESHOLD``) is the cosine from which a class
+    description counts as the same finding as a training label (see :func:`measure_seen`). Per-class and
+    macro AUCs (all, seen, unseen) get bootstrap percentile intervals over the scored records.
     """
     threshold = DEFAULT_MERGE_THRESHOLD if seen_threshold is None else float(seen_threshold)
     if threads:
@@ -226,40 +241,62 @@ def evaluate_task(task, checkpoint_path, shard_paths, task_labels_path, vocabula
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = task_classes(task, task_labels_path)
+    names = [c.name for c in classes]
     dev = resolve_device(device)
     checkpoint = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(checkpoint).to(dev)
-    text = _text_encoder(checkpoint, text_encoder)
-    query = text.encode([c.description for c in classes]).to(dev)
-    if query.shape[1] != checkpoint["config"]["head"]["text_dim"]:
-        raise ValueError(f"text encoder {text.name} gives {query.shape[1]}-d embeddings; the checkpoint "
-                         f"was trained with {checkpoint['config']['head']['text_dim']}-d")
+    text, query = encode_queries(checkpoint, [c.description for c in classes], text_encoder)
+    query = query.to(dev)
     labels = _read_task_labels(task_labels_path, classes, splits)
-    found = score_records(model, query, shard_paths, labels["record_id"], batch_size, dev)
-    n_missing = int((~labels["record_id"].isin(found)).sum())
-    labels = labels[labels["record_id"].isin(found)].reset_index(drop=True)
-    matrix = np.stack([found[r] for r in labels["record_id"]]) if len(labels) else np.zeros((0, len(classes)))
-    scores = pd.DataFrame(matrix.astype(np.float32), columns=[c.name for c in classes])
-    scores.insert(0, "split", labels["split"].astype(str).to_numpy())
-    scores.insert(0, "record_id", labels["record_id"].to_numpy())
-    ids, names, members = training_vocabulary(checkpoint, vocabulary_path)
-    nearest = measure_seen([c.description for c in classes], ids, names, members, text, threshold)
-    rows = []
-    for c, near in zip(classes, nearest):
-        n_pos, n_neg, auc = class_auc(labels[c.name].fillna(-1).to_numpy(np.int64), scores[c.name].to_numpy())
-        rows.append({"task": task, "class": c.name, "description": c.description, "n_pos": n_pos, "n_neg": n_neg,
-                     "auc": auc, **near, "class_kind": "seen" if near["seen"] else "unseen",
-                     "seen_threshold": threshold})
+    models = {"pretrained": model_from_checkpoint(checkpoint).to(dev)}
+    if baseline_checkpoint_path is not None:
+        models["random_init"] = model_from_checkpoint(load_checkpoint(baseline_checkpoint_path)).to(dev)
+    found = {name: score_records(model, query, shard_paths, labels["record_id"], batch_size, dev)
+             for name, model in models.items()}
+    n_missing = int((~labels["record_id"].isin(found["pretrained"])).sum())
+    labels = labels[labels["record_id"].isin(found["pretrained"])].reset_index(drop=True)
+    truth = labels[names].fillna(-1).to_numpy(np.int64)
+    ids, label_names, members = training_vocabulary(checkpoint, vocabulary_path)
+    nearest = measure_seen([c.description for c in classes], ids, label_names, members, text, threshold)
+    seen = np.array([near["seen"] for near in nearest], bool)
+    groups = {"all": np.ones(len(classes), bool), "seen": seen, "unseen": ~seen}
+    rows, score_frames, samples = [], [], []
+    evaluation = {"task": task, "splits": None if splits is None else list(splits), "n_records": int(len(labels)),
+                  "n_missing_signal": n_missing, "text_encoder": text.name,
+                  "checkpoint_epoch": int(checkpoint["epoch"]), "seen_threshold": threshold,
+                  "n_training_labels": len(ids), "n_resamples": n_resamples, "bootstrap_seed": bootstrap_seed,
+                  "level": level, "macro": {}, "n_redraws": {}}
+    for name in models:
+        matrix = (np.stack([found[name][r] for r in labels["record_id"]]) if len(labels)
+                  else np.zeros((0, len(classes))))
+        frame = pd.DataFrame(matrix.astype(np.float32), columns=names)
+        frame.insert(0, "encoder", name)
+        frame.insert(0, "split", labels["split"].astype(str).to_numpy())
+        frame.insert(0, "record_id", labels["record_id"].to_numpy())
+        score_frames.append(frame)
+        result = bootstrap_aucs(truth, matrix, groups, n_resamples=n_resamples, seed=bootstrap_seed, level=level)
+        samples.append(samples_table(result, encoder=name))
+        evaluation["macro"][name] = {g: list(v) for g, v in result.macro.items()}
+        evaluation["n_redraws"][name] = result.n_redraws
+        for k, (c, near) in enumerate(zip(classes, nearest)):
+            known = truth[:, k] >= 0
+            rows.append({"task": task, "class": c.name, "description": c.description, "encoder": name,
+                         "n_pos": int((truth[known, k] > 0).sum()), "n_neg": int((truth[known, k] == 0).sum()),
+                         "auc": float(result.auc[k]), "ci_low": float(result.ci_low[k]),
+                         "ci_high": float(result.ci_high[k]), **near,
+                         "class_kind": "seen" if near["seen"] else "unseen", "seen_threshold": threshold})
     per_class = pd.DataFrame(rows, columns=PER_CLASS_SCHEMA.names)
     pq.write_table(pa.Table.from_pandas(per_class, schema=PER_CLASS_SCHEMA, preserve_index=False),
                    out_dir / "per_class.parquet")
-    scores.to_parquet(out_dir / "scores.parquet", index=False)
-    plot_roc(task, labels.assign(**{c.name: labels[c.name].fillna(-1) for c in classes}), scores, per_class,
-             out_dir / "roc.png")
-    return {**task_summary(per_class, task), "splits": None if splits is None else list(splits),
-            "n_records": int(len(labels)),
-            "n_missing_signal": n_missing, "text_encoder": text.name, "checkpoint_epoch": int(checkpoint["epoch"]),
-            "seen_threshold": threshold, "n_training_labels": len(ids)}
+    pd.concat(score_frames, ignore_index=True).to_parquet(out_dir / "scores.parquet", index=False)
+    write_bootstrap_samples(samples, out_dir / "bootstrap.parquet")
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
+    from supreme_ecg.plots import plot_class_aucs
+
+    split_text = "+".join(splits) if splits else "all"
+    plot_class_aucs(per_class, out_dir / "auc_bars.png",
+                    title=f"{task}: zero-shot AUC per class ({split_text} records: {len(labels)})")
+    return {**task_summary(per_class, task, evaluation), **{k: evaluation[k] for k in (
+        "n_missing_signal", "text_encoder", "checkpoint_epoch", "seen_threshold", "n_training_labels")}}
 
 
 def _format(value, percent: bool = False) -> str:
@@ -269,55 +306,115 @@ def _format(value, percent: bool = False) -> str:
     return f"{100 * value:.2f}" if percent else str(value)
 
 
+def format_auc_ci(auc: float, low: float, high: float) -> str:
+    """``77.20 [74.10, 80.05]`` (percent); '–' for a NaN AUC, no bracket for a NaN interval."""
+    if auc is None or np.isnan(auc):
+        return "–"
+    if low is None or np.isnan(low):
+        return f"{100 * auc:.2f}"
+    return f"{100 * auc:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+
+
+def splits_title(splits: set[str]) -> str:
+    """What a table scored: 'test split', or a POOLED warning naming the splits."""
+    if splits == {"test"}:
+        return "test split"
+    return f"POOLED splits ({', '.join(sorted(splits))}) — not a test-only figure"
+
+
+#: (summary.md column, AUC column, interval columns)
+_MD_AUCS = [("macro AUC", "macro_auc", "ci_low", "ci_high"),
+            ("seen", "macro_auc_seen", "seen_ci_low", "seen_ci_high"),
+            ("unseen", "macro_auc_unseen", "unseen_ci_low", "unseen_ci_high"),
+            ("random-init encoder", "random_init_macro_auc", "random_init_ci_low", "random_init_ci_high")]
+
+
 def write_summary_md(summary: pd.DataFrame, path, per_class: list[pd.DataFrame] = ()) -> None:
-    """``summary.md``: the summary table (AUC in %), what seen/unseen means, and per task each class with
-    its positives, AUC, kind and the nearest training label with its similarity (the evidence)."""
-    auc_cols = {c for c in SUMMARY_COLUMNS if c.startswith("macro_auc")}
+    """``summary.md``: the summary table (AUC in % with 95 % intervals), what seen/unseen means, and per
+    task each class with its positives, AUC, kind and the nearest training label (the evidence)."""
     thresholds = sorted({float(x) for frame in per_class if "seen_threshold" in frame
                          for x in frame["seen_threshold"].dropna()})
     threshold = ", ".join(f"{x:.2f}" for x in thresholds) or "the configured threshold"
+    splits = {s for value in summary["splits"] for s in str(value).split("+")}
     lines = [
-        "# Zero-shot results", "",
-        "Macro ROC AUC (%) over the classes with a defined AUC (positives and negatives present), over all "
-        "classes and split into *seen* and *unseen*. Seen/unseen is measured, not declared: a class is "
-        "*seen* when its description would have been standardised into one of the checkpoint's training "
-        "labels — its normalised text equals the label's name or one of its member surface forms (the "
-        "phrasings the reports used), or their cosine similarity under the checkpoint's text encoder is "
+        f"# Zero-shot results ({splits_title(splits)})", "",
+        "Macro ROC AUC (%) with its bootstrap 95 % percentile interval over the scored records, over the "
+        "classes with a defined AUC (positives and negatives present), over all classes and split into "
+        "*seen* and *unseen*; beside it the same architecture with random weights, scored by the same code "
+        "(what pre-training added). Seen/unseen is measured, not declared: a class is *seen* when its "
+        "description would have been standardised into one of the checkpoint's training labels — its "
+        "normalised text equals the label's name or one of its member surface forms (the phrasings the "
+        "reports used), or their cosine similarity under the checkpoint's text encoder is "
         f"≥ {threshold} without a modifier conflict (left/right, complete/incomplete, …); otherwise "
-        "*unseen*. `n_seen`/`n_unseen` count classes, `n_*_evaluated` those with a defined AUC. The "
-        "`average` row is the mean over tasks of each AUC (tasks with NaN left out) and the sum of the "
-        "class counts.", "",
-        "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS),
+        "*unseen*. The `average` row is the mean over tasks (tasks with NaN left out); its interval "
+        "averages the tasks' resamples (each task's records resampled on their own). `redraws` counts "
+        "resamples drawn again because a class lacked a positive or a negative.", "",
+        "| task | classes (evaluated) | seen / unseen | test records | "
+        + " | ".join(c[0] for c in _MD_AUCS) + " | redraws |",
+        "|---|---|---|---|" + "---|" * len(_MD_AUCS) + "---|",
     ]
     for row in summary.to_dict("records"):
-        lines.append("| " + " | ".join(_format(row[c], c in auc_cols) for c in SUMMARY_COLUMNS) + " |")
+        cells = [row["task"], f"{row['n_classes']} ({row['n_classes_evaluated']})",
+                 f"{row['n_seen']} / {row['n_unseen']}", row["n_test_records"]]
+        cells += [format_auc_ci(row[a], row[lo], row[hi]) for _, a, lo, hi in _MD_AUCS]
+        lines.append("| " + " | ".join(str(c) for c in cells + [row["n_redraws"]]) + " |")
     for frame in per_class:
+        frame = frame[frame["encoder"] == "pretrained"] if "encoder" in frame else frame
         if not len(frame):
             continue
         lines += ["", f"## {frame['task'].iloc[0]}", "",
-                  "| class | description | n_pos | AUC (%) | kind | nearest label | matched form | similarity |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| class | description | n_pos | AUC (%) [95 % CI] | kind | nearest label | matched form | "
+                  "similarity |", "|---|---|---|---|---|---|---|---|"]
         for row in frame.to_dict("records"):
             sim = row.get("nearest_label_similarity", float("nan"))
-            cells = [row["class"], row.get("description", ""), row.get("n_pos", ""), _format(float(row["auc"]), True),
+            cells = [row["class"], row.get("description", ""), row.get("n_pos", ""),
+                     format_auc_ci(float(row["auc"]), row.get("ci_low", np.nan), row.get("ci_high", np.nan)),
                      row["class_kind"], row.get("nearest_label_name") or "–", row.get("nearest_form") or "–",
                      "–" if sim is None or np.isnan(sim) else f"{sim:.3f}"]
             lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def average_over_tasks(samples: list[pd.DataFrame], encoder: str, group: str, level: float = LEVEL
+                       ) -> tuple[float, float]:
+    """Interval of the mean over tasks of a macro AUC: per resample index, the mean of the tasks'
+    resampled values (tasks with no value for the group left out)."""
+    values = [s.loc[(s["encoder"] == encoder) & (s["group"] == group)].set_index("resample")["macro_auc"]
+              for s in samples]
+    values = [v for v in values if len(v) and v.notna().any()]
+    if not values:
+        return float("nan"), float("nan")
+    return percentile_interval(pd.concat(values, axis=1).mean(axis=1, skipna=True).to_numpy(), level)
+
+
 def summarise(per_class_paths, out_csv) -> pd.DataFrame:
-    """``summary.csv`` (+ ``summary.md`` beside it): one row per task and a final ``average`` row."""
-    frames = [pd.read_parquet(p) for p in per_class_paths]
-    rows = [task_summary(frame) for frame in frames]
+    """``summary.csv`` (+ ``summary.md`` beside it): one row per task and a final ``average`` row.
+
+    Each per-class table's folder also holds the task's ``evaluation.json`` and ``bootstrap.parquet``.
+    """
+    frames, samples, rows = [], [], []
+    for path in per_class_paths:
+        folder = Path(path).parent
+        frame = pd.read_parquet(path)
+        evaluation = json.loads((folder / "evaluation.json").read_text(encoding="utf-8"))
+        frames.append(frame)
+        samples.append(pd.read_parquet(folder / "bootstrap.parquet"))
+        rows.append(task_summary(frame, evaluation=evaluation))
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    average = {"task": "average"}
+    average = {"task": "average", "splits": "+".join(sorted({s for v in table["splits"] for s in v.split("+")}))}
+    level = LEVEL
     for col in SUMMARY_COLUMNS[1:]:
-        if col.startswith("macro_auc"):
+        if col == "splits":
+            continue
+        if "auc" in col:
             values = table[col].dropna()
             average[col] = float(values.mean()) if len(values) else float("nan")
-        else:
+        elif not col.endswith(("ci_low", "ci_high")):
             average[col] = int(table[col].sum())
+    for _, auc_col, low, high in _MD_AUCS:
+        encoder = "random_init" if auc_col.startswith("random_init") else "pretrained"
+        group = auc_col.removeprefix("macro_auc_") if auc_col.startswith("macro_auc_") else "all"
+        average[low], average[high] = average_over_tasks(samples, encoder, group, level)
     table = pd.concat([table, pd.DataFrame([average], columns=SUMMARY_COLUMNS)], ignore_index=True)
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
