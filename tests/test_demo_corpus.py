@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import filecmp
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,7 +119,7 @@ def test_downstream_labels_come_from_the_concepts(demo, manifests):
 
 def test_condition_plans_respect_the_rules():
     rng = np.random.default_rng(0)
-    plans = corpus.plan_conditions(300, rng, corpus.MIN_POSITIVES["downstream"])
+    plans = corpus.plan_conditions(600, rng, 30)  # a CinC set at its default size
     for plan in plans:
         assert sum(c in corpus.RHYTHMS for c in plan.rendered) == 1 and plan.rendered[0] in corpus.RHYTHMS
         assert len(plan.rendered) <= 1 + corpus.MAX_FINDINGS
@@ -126,19 +127,93 @@ def test_condition_plans_respect_the_rules():
         assert len(groups) == len(set(groups)), plan.rendered
         assert ("normal_ecg" in plan.concepts) == (plan.rendered == ["sinus_rhythm"])
     counts = pd.Series([c for p in plans for c in p.concepts]).value_counts()
-    assert counts.reindex(list(corpus.renderable()), fill_value=0).min() >= 12
-    big = corpus.plan_conditions(2000, rng, corpus.MIN_POSITIVES["mimic"])
+    assert counts.reindex(list(corpus.renderable()), fill_value=0).min() >= 30
+    big = corpus.plan_conditions(2000, rng, corpus.MIMIC_MIN_POSITIVES)
     counts = pd.Series([c for p in big for c in p.concepts]).value_counts()
     assert counts.reindex(list(corpus.renderable()), fill_value=0).min() >= 30
 
 
-def test_stratify_puts_every_concept_in_the_test_split():
-    rng = np.random.default_rng(1)
-    names = [f"A{i + 1:04d}" for i in range(300)]
-    groups = corpus.cinc_split_groups("cpsc2018", names)
-    plans = corpus.stratify(corpus.plan_conditions(300, rng, corpus.MIN_POSITIVES["downstream"]), groups, rng)
-    in_test = pd.Series([c for p, g in zip(plans, groups) if g == "test" for c in p.concepts]).value_counts()
-    assert in_test.reindex(list(corpus.renderable()), fill_value=0).min() >= 1
+def _test_positives(concepts, splits) -> pd.Series:
+    """Test-split positives per renderable concept (``concepts``: each record's list)."""
+    in_test = pd.Series([c for cs, s in zip(concepts, splits) if s == "test" for c in cs], dtype=object)
+    return in_test.value_counts().reindex(list(corpus.renderable()), fill_value=0)
+
+
+def test_downstream_quota_covers_the_test_share():
+    assert corpus.MIN_TEST_POSITIVES == 6
+    assert corpus.min_positives_for_test(np.arange(1200) % 10 == 9) == 60  # PTB-XL: fold 10 of 10
+    assert corpus.min_positives_for_test(np.arange(600) < 120) == 30  # CinC: 20 % test
+    assert corpus.min_positives_for_test(np.arange(7) < 2) == 21  # rounded up
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stratify_fills_the_test_split_where_rounding_leaves_fewer(seed):
+    """Iterative stratification alone leaves 2-4 test positives for some concept with these seeds."""
+    rng = np.random.default_rng(seed)
+    groups = corpus.cinc_split_groups("cpsc2018", [f"A{i + 1:04d}" for i in range(600)])
+    plans = corpus.plan_conditions(600, rng, corpus.min_positives_for_test(groups == "test"))
+    out = corpus.stratify(plans, groups, rng, test_group="test")
+    assert sorted(map(id, out)) == sorted(map(id, plans))  # the same plans, reordered
+    assert _test_positives([p.concepts for p in out], groups).min() >= corpus.MIN_TEST_POSITIVES
+    in_val = pd.Series([c for p, g in zip(out, groups) if g == "val" for c in p.concepts]).value_counts()
+    assert in_val.reindex(list(corpus.renderable()), fill_value=0).min() >= 1
+
+
+def _default_demo_config() -> dict:
+    import inspect
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["demo"]
+    defaults = inspect.signature(corpus.generate_demo).parameters
+    assert {k: defaults[k].default for k in ("n_ptbxl", "n_cpsc", "n_csn")} == \
+        {k: config[k] for k in ("n_ptbxl", "n_cpsc", "n_csn")}
+    return config
+
+
+@pytest.mark.parametrize("dataset, size", [("ptbxl", "n_ptbxl"), ("cpsc2018", "n_cpsc"), ("csn", "n_csn")])
+def test_default_demo_has_six_test_positives_per_concept(dataset, size):
+    """The plans generate_demo writes at the default sizes and seed (the first draws of the set's
+    generator; demo_truth holds these plans: test_demo_truth_holds_the_planned_downstream_sets):
+    ≥ 6 test positives per concept, on the benchmark's own splits."""
+    config = _default_demo_config()
+    n = config[size]
+    plans, groups, splits = corpus.plan_downstream(dataset, n, corpus._set_rngs(config["seed"])[dataset])
+    if dataset == "ptbxl":
+        assert sorted(np.bincount(groups)[1:]) == [n // 10] * 10
+        assert (splits == pd.Series(groups).map(datasets.PTBXL_FOLD_SPLIT).to_numpy()).all()
+    else:
+        names = [p.rsplit("/", 1)[1] for p in corpus.cinc_paths(dataset, n)]
+        split = datasets.random_split([f"{dataset}/{name}" for name in names])
+        assert list(splits) == [split[f"{dataset}/{name}"] for name in names]
+    positives = _test_positives([p.concepts for p in plans], splits)
+    assert positives.min() >= corpus.MIN_TEST_POSITIVES, positives[positives < corpus.MIN_TEST_POSITIVES].to_dict()
+
+
+def test_default_csn_set_has_six_test_positives_per_concept_and_class(tmp_path):
+    """The default demo's CSN set itself (a set depends only on the seed and its own size), read back
+    from demo_truth.parquet and through the indexer and the benchmark task labels."""
+    config = _default_demo_config()
+    corpus.generate_demo(tmp_path, seed=config["seed"], n_pretrain=20, n_ptbxl=20, n_cpsc=20,
+                         n_csn=config["n_csn"], unseen_concepts=config["unseen_concepts"])
+    truth = pd.read_parquet(tmp_path / "demo_truth.parquet")
+    csn = truth[truth["dataset"] == "csn"]
+    assert len(csn) == config["n_csn"]
+    assert _test_positives(csn["concepts"], csn["split"]).min() >= 6
+    labels = datasets.task_labels(datasets.index_dataset("csn", tmp_path), "csn")
+    rendered = {code for c in corpus.renderable().values() for code in c.snomed}
+    classes = [c.name for c in catalogue.task_classes("csn") if rendered & set(c.snomed)]
+    assert len(classes) >= 30
+    assert labels.loc[labels["split"] == "test", classes].sum().min() >= 6
+
+
+def test_demo_truth_holds_the_planned_downstream_sets(demo):
+    truth = demo[2]
+    for dataset, size in (("ptbxl", "n_ptbxl"), ("cpsc2018", "n_cpsc"), ("csn", "n_csn")):
+        plans, _, splits = corpus.plan_downstream(dataset, SIZES[size], corpus._set_rngs(SEED)[dataset])
+        rows = truth[truth["dataset"] == dataset]
+        assert list(rows["split"]) == list(splits), dataset
+        assert [list(c) for c in rows["concepts"]] == [p.concepts for p in plans], dataset
 
 
 def test_cpsc_lengths_vary_and_mat_first_token_headers_exist(demo, manifests):
@@ -219,7 +294,7 @@ def mimic_reports():
 
 def _reports(n, seed, unseen=corpus.UNSEEN_DEFAULT):
     rng = np.random.default_rng(seed)
-    plans = corpus.plan_conditions(n, rng, corpus.MIN_POSITIVES["mimic"], mimic=True)
+    plans = corpus.plan_conditions(n, rng, corpus.MIMIC_MIN_POSITIVES, mimic=True)
     corpus.add_variants(plans, rng)
     knobs, poor = corpus.sample_knobs(plans, rng)
     rows = pd.DataFrame({k: knobs[k] for k in ("hr_bpm", "st_region")}).to_dict("records")
@@ -326,7 +401,7 @@ def test_mimic_statements_are_deterministic():
 
 def test_mimic_prevalences_follow_the_shares():
     rng = np.random.default_rng(4)
-    plans = corpus.plan_conditions(2000, rng, corpus.MIN_POSITIVES["mimic"], mimic=True)
+    plans = corpus.plan_conditions(2000, rng, corpus.MIMIC_MIN_POSITIVES, mimic=True)
     counts = pd.Series([c for p in plans for c in p.concepts]).value_counts()
     for cid, condition in corpus.renderable().items():
         share = condition.mimic.get("share")

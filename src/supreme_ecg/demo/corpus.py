@@ -17,17 +17,19 @@ import numpy as np
 import pandas as pd
 
 from supreme_ecg import catalogue, datasets, formats
-from supreme_ecg.demo.plan import (  # MAX_FINDINGS, RHYTHMS, knob_groups: re-exported
+from supreme_ecg.demo.plan import (  # MAX_FINDINGS, MIN_TEST_POSITIVES, RHYTHMS, knob_groups: re-exported
     DEFECT_KINDS,
     FS,
     MAX_FINDINGS,
-    MIN_POSITIVES,
+    MIMIC_MIN_POSITIVES,
+    MIN_TEST_POSITIVES,
     NO_P_RHYTHMS,
     RHYTHMS,
     Plan,
     add_variants,
     apply_defect,
     knob_groups,
+    min_positives_for_test,
     pick_defects,
     plan_conditions,
     render_batches,
@@ -314,17 +316,38 @@ def _set_rngs(seed: int) -> dict[str, np.random.Generator]:
 
 def _generate_mimic(root, n, rng, unseen, defect_share) -> pd.DataFrame:
     """Plan, render and write the pre-training set."""
-    plans = plan_conditions(n, rng, MIN_POSITIVES["mimic"], mimic=True)
+    plans = plan_conditions(n, rng, MIMIC_MIN_POSITIVES, mimic=True)
     add_variants(plans, rng)
     knobs, poor = sample_knobs(plans, rng)
     defects = pick_defects(plans, _n_defects(n, defect_share, False), rng)
     return write_mimic(_fresh_dir(root / SET_FOLDERS["mimic"]), plans, knobs, poor, defects, unseen, rng)
 
 
+def cinc_paths(dataset: str, n: int) -> list[str]:
+    """Record paths of a CinC-form set under its folder (CPSC2018 ``g1/A0001``, CSN ``WFDBRecords``)."""
+    if dataset == "cpsc2018":
+        return [f"training/cpsc_2018/g{i // 1000 + 1}/A{i + 1:04d}" for i in range(n)]
+    return csn_paths(n)
+
+
+def plan_downstream(dataset: str, n: int, rng: np.random.Generator) -> tuple[list[Plan], np.ndarray, np.ndarray]:
+    """(plans, groups, splits) of a downstream set: its benchmark split (PTB-XL: 10 folds, fold 10
+    test; CinC: :func:`cinc_split_groups`) and quotas such that every renderable concept has
+    ``MIN_TEST_POSITIVES`` test positives once stratified (when ``n`` leaves room for the quotas)."""
+    if dataset == "ptbxl":
+        groups = rng.permutation(np.arange(n) % 10 + 1)
+        splits = np.array([datasets.PTBXL_FOLD_SPLIT[int(f)] for f in groups])
+        test_group = next(f for f, split in datasets.PTBXL_FOLD_SPLIT.items() if split == "test")
+    else:
+        groups = splits = cinc_split_groups(dataset, [p.rsplit("/", 1)[1] for p in cinc_paths(dataset, n)])
+        test_group = "test"
+    plans = plan_conditions(n, rng, min_positives_for_test(splits == "test"))
+    return stratify(plans, groups, rng, test_group), groups, splits
+
+
 def _generate_ptbxl(root, n, rng, defect_share) -> pd.DataFrame:
     """Plan (stratified over 10 folds), render and write PTB-XL."""
-    folds = rng.permutation(np.arange(n) % 10 + 1)
-    plans = stratify(plan_conditions(n, rng, MIN_POSITIVES["downstream"]), folds, rng)
+    plans, folds, _ = plan_downstream("ptbxl", n, rng)
     knobs, _ = sample_knobs(plans, rng)
     defects = pick_defects(plans, _n_defects(n, defect_share, True), rng)
     return write_ptbxl(_fresh_dir(root / SET_FOLDERS["ptbxl"]), plans, knobs, folds, defects, rng)
@@ -332,14 +355,9 @@ def _generate_ptbxl(root, n, rng, defect_share) -> pd.DataFrame:
 
 def _generate_cinc(root, dataset, n, rng, defect_share) -> pd.DataFrame:
     """Plan (stratified over the benchmark split), render and write CPSC2018 or CSN."""
-    if dataset == "cpsc2018":
-        paths = [f"training/cpsc_2018/g{i // 1000 + 1}/A{i + 1:04d}" for i in range(n)]
-        lengths = rng.integers(6 * FS, 20 * FS + 1, n)
-    else:
-        paths, lengths = csn_paths(n), np.full(n, 10 * FS)
-    names = [p.rsplit("/", 1)[1] for p in paths]
-    groups = cinc_split_groups(dataset, names)
-    plans = stratify(plan_conditions(n, rng, MIN_POSITIVES["downstream"]), groups, rng)
+    plans, _, splits = plan_downstream(dataset, n, rng)
+    paths = cinc_paths(dataset, n)
+    lengths = rng.integers(6 * FS, 20 * FS + 1, n) if dataset == "cpsc2018" else np.full(n, 10 * FS)
     knobs, _ = sample_knobs(plans, rng)
     defects = pick_defects(plans, _n_defects(n, defect_share, True), rng)
     n_quirks = min(n, max(2, round(0.02 * n))) if dataset == "cpsc2018" else 0
@@ -348,11 +366,12 @@ def _generate_cinc(root, dataset, n, rng, defect_share) -> pd.DataFrame:
     write_cinc(set_root, dataset, plans, knobs, paths, lengths, defects, quirks, rng)
     if dataset == "csn":
         condition_names_table().to_csv(set_root / "ConditionNames_SNOMED-CT.csv", index=False)
-    return _truth(dataset, [f"{dataset}/{name}" for name in names], list(groups), plans, defects, ())
+    names = [p.rsplit("/", 1)[1] for p in paths]
+    return _truth(dataset, [f"{dataset}/{name}" for name in names], list(splits), plans, defects, ())
 
 
-def generate_demo(out_root, seed: int, n_pretrain: int = 2000, n_ptbxl: int = 400, n_cpsc: int = 300,
-                  n_csn: int = 400, unseen_concepts=UNSEEN_DEFAULT, defect_share: float = 0.02) -> dict:
+def generate_demo(out_root, seed: int, n_pretrain: int = 2000, n_ptbxl: int = 1200, n_cpsc: int = 600,
+                  n_csn: int = 600, unseen_concepts=UNSEEN_DEFAULT, defect_share: float = 0.02) -> dict:
     """Write the four demo sets and ``demo_truth.parquet`` under ``out_root``; returns counts."""
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)

@@ -43,9 +43,11 @@ IMPLIED = {
     "ventricular_bigeminy": "premature_ventricular_complexes",
 }
 DEFECT_KINDS = ("nan_long", "nan_short", "flat", "truncated")
-#: Share of records per non-sinus rhythm and per finding; floor of positives per concept and set.
+#: Share of records per non-sinus rhythm and per finding; floor of positives per concept in the
+#: pre-training set, and per concept in the test split of a downstream set.
 SHARE = 0.025
-MIN_POSITIVES = {"mimic": 32, "downstream": 14}
+MIMIC_MIN_POSITIVES = 32
+MIN_TEST_POSITIVES = 6
 NORMAL_SHARE = 0.12
 MAX_FINDINGS = 2
 HEDGE_SHARE = 0.12
@@ -112,6 +114,13 @@ def _rhythm_allows(rhythm: str, cid: str) -> bool:
 def _quota(n: int, min_positives: int) -> int:
     """Records per non-sinus rhythm and per finding in a set of ``n`` records."""
     return max(1, round(SHARE * n), min(min_positives, int(0.05 * n)))
+
+
+def min_positives_for_test(is_test) -> int:
+    """Positives per concept of a downstream set whose ``is_test`` records (a mask) hold
+    ``MIN_TEST_POSITIVES`` of them when spread in proportion: ceil(MIN_TEST_POSITIVES / test share)."""
+    is_test = np.asarray(is_test, dtype=bool)
+    return -(-MIN_TEST_POSITIVES * is_test.size // max(1, int(is_test.sum())))
 
 
 def _plan_record(rhythm: str, found: list[str]) -> Plan:
@@ -224,15 +233,21 @@ def add_variants(plans: list[Plan], rng: np.random.Generator) -> None:
                               if c not in plan.concepts]
 
 
-def stratify(plans: list[Plan], groups: np.ndarray, rng: np.random.Generator) -> list[Plan]:
-    """Reorder plans so that each concept spreads over ``groups`` (splits, folds) in proportion."""
+def stratify(plans: list[Plan], groups: np.ndarray, rng: np.random.Generator, test_group=None) -> list[Plan]:
+    """Reorder plans so that each concept spreads over ``groups`` (splits, folds) in proportion;
+    each group holds every concept it is due at least once, ``test_group`` ``MIN_TEST_POSITIVES``
+    of each concept (or its share rounded down where that is fewer)."""
     names, group_of = np.unique(groups, return_inverse=True)
     ids = sorted({c for p in plans for c in p.concepts})
     member = np.array([[c in p.concepts for c in ids] for p in plans], dtype=bool)
     capacity = np.bincount(group_of, minlength=names.size)
     first = np.array([c == "normal_ecg" for c in ids], dtype=int)  # the NORM classes first
     assigned = _iterative_assign(member, capacity, first, rng)
-    _cover_groups(member, assigned, capacity / len(plans), rng)
+    share = capacity[:, None] * member.sum(axis=0)[None, :] // len(plans)
+    need = np.minimum(share, 1)
+    test = names == test_group
+    need[test] = np.minimum(share[test], MIN_TEST_POSITIVES)
+    _fill_groups(member, assigned, need, share, rng)
     out: list[Plan] = list(plans)
     for g in range(names.size):
         records, chosen = np.flatnonzero(group_of == g), rng.permutation(np.flatnonzero(assigned == g))
@@ -259,28 +274,32 @@ def _iterative_assign(member: np.ndarray, capacity: np.ndarray, first: np.ndarra
     return assigned
 
 
-def _cover_groups(member: np.ndarray, assigned: np.ndarray, capacity_share: np.ndarray,
-                  rng: np.random.Generator) -> None:
-    """Swap records so that each group holds every concept it should hold at least once (in place)."""
-    counts = np.stack([member[assigned == g].sum(axis=0) for g in range(capacity_share.size)])
-    need = capacity_share[:, None] * member.sum(axis=0)[None, :] >= 1
-    for g, c in zip(*np.nonzero(need & (counts == 0))):
-        if counts[g, c]:
-            continue
-        for r, s in _swap_candidates(member, assigned, g, c, rng):
+def _fill_groups(member: np.ndarray, assigned: np.ndarray, need: np.ndarray, share: np.ndarray,
+                 rng: np.random.Generator) -> None:
+    """Swap records (in place) until group ``g`` holds ``need[g, c]`` records of concept ``c`` where it
+    can; a swap never takes a group below its need, or further below it. Records leave a group
+    whose concepts it holds most above its ``share`` first."""
+    counts = np.stack([member[assigned == g].sum(axis=0) for g in range(need.shape[0])])
+    for g, c in zip(*np.nonzero(counts < need)):
+        for r, s in _swap_candidates(member, assigned, g, c, counts[g] - share[g], rng):
+            if counts[g, c] >= need[g, c]:
+                break
             h = assigned[r]
+            if h == g or assigned[s] != g:  # moved by an earlier swap
+                continue
             new_g, new_h = counts[g] - member[s] + member[r], counts[h] - member[r] + member[s]
-            lost = (need[g] & (counts[g] > 0) & (new_g == 0)) | (need[h] & (counts[h] > 0) & (new_h == 0))
-            if not lost.any():
+            if (new_g >= np.minimum(counts[g], need[g])).all() and (new_h >= np.minimum(counts[h], need[h])).all():
                 assigned[r], assigned[s] = g, h
                 counts[g], counts[h] = new_g, new_h
-                break
 
 
-def _swap_candidates(member, assigned, g, c, rng):
-    """(donor, taker) pairs: a record with concept ``c`` outside group ``g``, a record inside it."""
+def _swap_candidates(member, assigned, g, c, surplus, rng):
+    """(donor, taker) pairs: a record with concept ``c`` outside group ``g``, one without it inside
+    (those whose concepts have the largest ``surplus`` in ``g`` first)."""
     donors = rng.permutation(np.flatnonzero(member[:, c] & (assigned != g)))
-    takers = rng.permutation(np.flatnonzero(assigned == g))
+    takers = rng.permutation(np.flatnonzero(~member[:, c] & (assigned == g)))
+    slack = np.where(member[takers], surplus[None, :], np.inf).min(axis=1)
+    takers = takers[np.argsort(-slack, kind="stable")]
     return ((int(r), int(s)) for r in donors for s in takers)
 
 
