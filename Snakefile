@@ -1,7 +1,7 @@
 """SuPreME-style supervised multimodal ECG pre-training, from raw records to zero-shot AUCs.
 
 Stages (one rule file each under workflow/rules/, logic in the `supreme_ecg` package):
-data -> index -> preprocess -> extract -> pretrain -> labels -> zeroshot.
+data -> index -> preprocess -> extract -> pretrain -> labels -> zeroshot + linear probes -> summary.
 The pre-training corpus (data.pretrain_corpus: mimic, ptbxl or your own manifest) gives the reports
 the labels come from; the zero-shot tasks are the benchmark's (labels.tasks) and your own
 (labels.user_tasks). configs/real-fixtures.yaml runs the chain on the real records of ../shared.
@@ -18,6 +18,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 # The rules run `python -m supreme_ecg.cli`; the package is importable without installing it.
@@ -32,12 +35,21 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/zeroshot.smk"
+include: "workflow/rules/linear_probe.smk"
 
 
 rule all:
     default_target: True
     input:
+        "results/summary.md",
         "results/zeroshot/summary.csv",
+        "results/linear_probe/summary.csv",
+        expand("results/zeroshot/{task}/examples.png", task=TASKS),
         expand("results/preprocessed/{dataset}/summary.csv", dataset=DATASETS),
         "results/extract/label_vocabulary.parquet",
         "results/records.parquet",
+
+
+wildcard_constraints:
+    task=_regex(TASKS),
+    percent=_regex(PROBE_PERCENTS),

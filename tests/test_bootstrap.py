@@ -72,15 +72,31 @@ def test_several_score_matrices_bootstrap_their_mean_auc_and_seed_fixes_the_inte
     assert bootstrap_aucs(truth, [a, b], n_resamples=100, seed=4).macro != joint.macro
 
 
-def test_hopeless_classes_raise_instead_of_looping():
+def test_hopeless_classes_give_no_intervals_and_say_why_instead_of_looping():
     # 40 classes with one positive each: a resample keeps all 40 with p ≈ 0.63**40 ≈ 1e-8
     truth = np.zeros((400, 40), np.int64)
     truth[np.arange(40), np.arange(40)] = 1
-    with pytest.raises(RuntimeError, match="too few positives"):
-        bootstrap_aucs(truth, np.random.default_rng(0).random((400, 40)), n_resamples=10)
+    result = bootstrap_aucs(truth, np.random.default_rng(0).random((400, 40)), n_resamples=10)
+    assert result.note.startswith("no intervals") and "1 pos / 399 neg" in result.note
+    assert np.isnan(result.ci_low).all() and np.isnan(result.macro["all"][1])
+    assert not np.isnan(result.auc).any() and result.n_resamples == 0
 
 
 def test_percentile_interval_ignores_nan():
     assert all(np.isnan(percentile_interval(np.array([np.nan, np.nan]))))
     low, high = percentile_interval(np.r_[np.arange(101.0), np.nan], level=0.9)
     assert (low, high) == pytest.approx((5.0, 95.0))
+
+
+def test_column_aucs_equal_sklearn_with_unknowns_and_ties():
+    from supreme_ecg.bootstrap import column_aucs
+
+    rng = np.random.default_rng(11)
+    truth = rng.integers(-1, 2, (300, 4))
+    truth[:, 3] = 0  # no positives → NaN
+    scores = np.round(rng.random((300, 4)) + 0.3 * truth.clip(0), 1)
+    aucs = column_aucs(truth, scores)
+    for c in range(3):
+        known = truth[:, c] >= 0
+        assert aucs[c] == pytest.approx(roc_auc_score(truth[known, c], scores[known, c]))
+    assert np.isnan(aucs[3])

@@ -179,6 +179,10 @@ def test_resume_extends_training_and_restarts_on_new_settings(toy, minilm, tmp_p
     fresh = run(toy, tmp_path, replace(CFG, epochs=1, lr=2e-3), minilm)
     assert fresh["start_epoch"] == 0
     assert pd.read_parquet(tmp_path / "metrics.parquet")["epoch"].tolist() == [1]
+    # fewer epochs than a saved state holds: trained afresh to the asked number, not the state returned
+    fewer = run(toy, tmp_path, replace(CFG, epochs=3), minilm)
+    assert fewer["start_epoch"] == 0 and load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == 3
+    assert pd.read_parquet(tmp_path / "metrics.parquet")["epoch"].tolist() == [1, 2, 3]
 
 
 def test_streaming_path(toy, minilm, tmp_path):

@@ -65,6 +65,7 @@ def test_dry_run_plans_the_chain_on_the_fixtures(tmp_path_factory):
     jobs = {row.split()[0]: int(row.split()[1]) for row in rows if row.split()[-1:] and row.split()[-1].isdigit()}
     assert jobs["read_in_place"] == 4 and jobs["index_dataset"] == 4 and "fetch_dataset" not in jobs
     assert jobs["task_labels"] == 7 and jobs["zeroshot_task"] == 7 and jobs["pretrain_corpus"] == 1
+    assert jobs["task_features"] == 7 and jobs["linear_probe"] == 21 and jobs["random_init_checkpoint"] == 1
     assert "demo_data" not in jobs and "results/manifests/mimic.parquet" not in text
     assert "input: results/manifests/pretrain_corpus.parquet" in text
     assert not list(workdir.glob("data")), "the fixtures are read in place, never copied"
@@ -86,7 +87,7 @@ def test_outputs_exist_and_say_the_data_was_not_verified(run):
     for task in TASKS:
         per_class = pd.read_parquet(run / f"results/zeroshot/{task}/per_class.parquet")
         assert len(per_class) and "n_pos" in per_class
-        assert (run / f"results/zeroshot/{task}/roc.png").is_file()
+        assert (run / f"results/zeroshot/{task}/auc_bars.png").is_file()
     assert (run / "results/pretrain/checkpoint.pt").is_file()
     assert (run / "results/extract/label_vocabulary.parquet").is_file()
     for dataset in DATASETS:
@@ -94,6 +95,19 @@ def test_outputs_exist_and_say_the_data_was_not_verified(run):
         assert report["verified"] == 0 and report["checksums_checked"] is False
         assert report["dest"].startswith(str(FIXTURES.resolve()))
     assert not (run / "data").exists(), "nothing is copied out of the fixtures"
+
+
+@pytest.mark.slow
+def test_probes_run_where_a_task_has_train_and_val_and_say_why_not_elsewhere(run):
+    probes = pd.read_csv(run / "results/linear_probe/summary.csv")
+    full = probes[probes["fraction"] == 1.0].set_index("task")
+    for task in ("ptbxl_super", "ptbxl_sub", "ptbxl_form", "ptbxl_rhythm"):  # folds 1-8 / 9 / 10
+        assert full.loc[task, "status"] == "ok" and full.loc[task, "n_test"] > 0, task
+        assert not pd.isna(full.loc[task, "macro_auc"]) and not pd.isna(full.loc[task, "random_init_macro_auc"])
+    for task in ("cpsc2018", "csn", "georgia"):  # split policy all_test: nothing to train a head on
+        assert "no train/val records" in full.loc[task, "status"], task
+    summary = pd.read_csv(run / "results/zeroshot/summary.csv")
+    assert set(summary["splits"]) == {"test"}
 
 
 @pytest.mark.slow

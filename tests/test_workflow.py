@@ -20,6 +20,8 @@ demo: {n_pretrain: 160, n_ptbxl: 60, n_cpsc: 40, n_csn: 60, seed: 7}
 pretrain: {epochs: 2, width: 16, batch_size: 32}
 extract: {min_label_count: 3}
 preprocess: {shards: {mimic: 2, ptbxl: 1, cpsc2018: 1, csn: 1}}
+linear_probe: {percents: [10, 100], seeds: [0, 1]}
+evaluation: {n_resamples: 100, n_examples: 1}
 """
 
 
@@ -56,8 +58,20 @@ def test_all_outputs_written(workflow_run):
     assert summary.loc[summary.task != "average", "n_classes"].sum() == 106
     assert (workflow_run / "results/pretrain/checkpoint.pt").exists()
     assert (workflow_run / "results/pretrain/training_curve.png").stat().st_size > 1000
+    assert set(summary["splits"]) == {"test"} and summary["random_init_macro_auc"].notna().all()
     for task in summary.task[:-1]:
-        assert (workflow_run / f"results/zeroshot/{task}/roc.png").exists()
+        for name in ("auc_bars.png", "examples.png", "bootstrap.parquet", "evaluation.json"):
+            assert (workflow_run / f"results/zeroshot/{task}/{name}").stat().st_size > 0, (task, name)
+        for percent in ("10", "100"):
+            per_class = pd.read_parquet(workflow_run / f"results/linear_probe/{task}/{percent}/per_class.parquet")
+            assert set(per_class["encoder"]) == {"pretrained", "random_init"}
+    probes = pd.read_csv(workflow_run / "results/linear_probe/summary.csv")
+    assert sorted(set(probes["fraction"])) == [0.1, 1.0] and len(probes) == 2 * 7
+    assert {"task", "fraction", "n_classes", "macro_auc", "ci_low", "ci_high"} <= set(probes.columns)
+    text = (workflow_run / "results/summary.md").read_text()
+    assert text.startswith("# Results of this run (test split)")
+    assert "copied from the papers, NOT measured here" in text and "| csn | random_init |" in text
+    assert (workflow_run / "results/plots/overview.png").stat().st_size > 1000
 
 
 def test_every_record_accounted_for(workflow_run):

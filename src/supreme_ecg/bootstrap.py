@@ -3,7 +3,9 @@
 A resample draws the test records with replacement (fixed seed). A resample in which some class that
 has a defined AUC on the full test set lacks a positive or a negative is redrawn, and the redraws are
 counted (classes with 1–5 test positives make them frequent). The interval is the percentile interval
-of the accepted resamples (95 % by default). AUCs of a resample are computed from record *weights*
+of the accepted resamples (95 % by default). When fewer than the wanted resamples are found within
+``MAX_DRAWS_PER_RESAMPLE`` draws each (too few positives), there are no intervals: they are NaN and
+``note`` says why, for the caller to write beside the figures. AUCs of a resample are computed from record *weights*
 (how often each record was drawn), so each class's scores are sorted once, not once per resample; ties
 count one half, as in ``sklearn.metrics.roc_auc_score``.
 
@@ -23,7 +25,7 @@ N_RESAMPLES = 1000
 SEED = 0
 LEVEL = 0.95
 #: give up after this many draws per wanted resample (a class with almost no positives)
-MAX_DRAWS_PER_RESAMPLE = 50
+MAX_DRAWS_PER_RESAMPLE = 200
 
 
 def weighted_auc(truth: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -50,6 +52,23 @@ def weighted_auc(truth: np.ndarray, score: np.ndarray, weights: np.ndarray) -> n
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
+def column_aucs(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC per column (labels ≥ 0 only; NaN without both classes), by mid-ranks — the same values as
+    ``roc_auc_score`` without its per-call validation, for loops that score every epoch."""
+    from scipy.stats import rankdata
+
+    out = np.full(truth.shape[1], np.nan)
+    for c in range(truth.shape[1]):
+        known = truth[:, c] >= 0
+        y = truth[known, c] > 0
+        n_pos = int(y.sum())
+        n_neg = int(len(y) - n_pos)
+        if n_pos and n_neg:
+            ranks = rankdata(scores[known, c])
+            out[c] = (ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return out
+
+
 @dataclass
 class BootstrapResult:
     """Point estimates and percentile intervals of per-class and macro AUCs."""
@@ -63,6 +82,7 @@ class BootstrapResult:
     n_redraws: int = 0
     level: float = LEVEL
     seed: int = SEED
+    note: str = ""             # why there are no intervals (too few positives), else empty
 
 
 def _class_weights(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,11 +130,17 @@ def bootstrap_aucs(truth: np.ndarray, scores, groups: dict[str, np.ndarray] | No
     defined = ~np.isnan(point)
     kept, n_redraws, n_draws = [], 0, 0
     rng = np.random.default_rng(seed)
+    note = ""
     while sum(len(k) for k in kept) < n_resamples:
         if n_draws > MAX_DRAWS_PER_RESAMPLE * n_resamples:
-            raise RuntimeError(
-                f"bootstrap: after {n_draws} draws only {sum(len(k) for k in kept)} resamples had a positive and a "
-                "negative of every evaluated class; too few positives for an interval")
+            n_pos = (positive & known).sum(axis=0)
+            n_neg = (known & ~positive).sum(axis=0)
+            rare = sorted(np.flatnonzero(defined), key=lambda c: min(n_pos[c], n_neg[c]))[:5]
+            note = (f"no intervals: after {n_draws} draws only {sum(len(k) for k in kept)} of {n_resamples} "
+                    "resamples had a positive and a negative of every evaluated class (rarest classes by column: "
+                    f"{', '.join(f'{c}: {n_pos[c]} pos / {n_neg[c]} neg' for c in rare)}); score more records")
+            kept, n_resamples = [], 0
+            break
         size = min(max(64, n_resamples), 4096)
         weights = _resample_weights(n, size, rng)
         n_draws += size
@@ -139,7 +165,7 @@ def bootstrap_aucs(truth: np.ndarray, scores, groups: dict[str, np.ndarray] | No
         macro[name] = (float(point[cols].mean()), *interval(samples[name]))
     return BootstrapResult(auc=point, ci_low=ci[:, 0] if len(ci) else ci, ci_high=ci[:, 1] if len(ci) else ci,
                            macro=macro, macro_samples=samples, n_resamples=n_resamples, n_redraws=n_redraws,
-                           level=level, seed=seed)
+                           level=level, seed=seed, note=note)
 
 
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

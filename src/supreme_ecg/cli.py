@@ -226,11 +226,14 @@ def cmd_results_summary(args: argparse.Namespace) -> dict:
 
 
 def cmd_example_ecgs(args: argparse.Namespace) -> dict:
-    """A figure of example test ECGs of a task with their true classes and top-scored queries."""
+    """Per task, a figure of example test ECGs with their true classes and top-scored queries."""
     from supreme_ecg.run_report import write_example_ecgs
 
-    return write_example_ecgs(args.task, args.scores, args.task_labels, args.manifest, args.root, args.out,
-                              n=args.n)
+    lists = [args.task, args.scores, args.task_labels, args.manifest, args.out]
+    if len({len(x) for x in lists}) != 1:
+        raise SystemExit("example-ecgs: --task, --scores, --task-labels, --manifest and --out need one value per task")
+    return {task: write_example_ecgs(task, scores, labels, manifest, args.root, out, n=args.n)["records"]
+            for task, scores, labels, manifest, out in zip(*lists)}
 
 
 def cmd_predict(args: argparse.Namespace) -> dict:
@@ -431,12 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_results_summary)
 
     p = sub.add_parser("example-ecgs", help=cmd_example_ecgs.__doc__)
-    p.add_argument("--task", required=True)
-    p.add_argument("--scores", required=True)
-    p.add_argument("--task-labels", required=True)
-    p.add_argument("--manifest", required=True)
+    p.add_argument("--task", nargs="+", required=True)
+    p.add_argument("--scores", nargs="+", required=True)
+    p.add_argument("--task-labels", nargs="+", required=True)
+    p.add_argument("--manifest", nargs="+", required=True)
     p.add_argument("--root", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", nargs="+", required=True)
     p.add_argument("--n", type=int, default=3)
     p.set_defaults(func=cmd_example_ecgs)
 

@@ -30,10 +30,9 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from supreme_ecg.bootstrap import LEVEL, N_RESAMPLES, SEED, bootstrap_aucs, samples_table, write_bootstrap_samples
-from supreme_ecg.model import load_checkpoint, model_from_checkpoint
-from supreme_ecg.preprocess import read_signals
-from supreme_ecg.pretrain import iter_row_groups, macro_auc, read_row_group, resolve_device
+from supreme_ecg.bootstrap import (
+    LEVEL, N_RESAMPLES, SEED, bootstrap_aucs, column_aucs, samples_table, write_bootstrap_samples,
+)
 from supreme_ecg.settings import usable_threads
 
 log = logging.getLogger("supreme_ecg")
@@ -76,6 +75,10 @@ def extract_features(checkpoints: dict, shard_paths, task_labels_path, out_path,
     Rows: record_id, split, encoder, features (fixed-size list of float32). Records of the label table
     without a preprocessed signal (rejected in preprocessing) are counted, not invented.
     """
+    from supreme_ecg.model import load_checkpoint, model_from_checkpoint
+    from supreme_ecg.preprocess import read_signals
+    from supreme_ecg.pretrain import iter_row_groups, read_row_group, resolve_device
+
     if threads:
         torch.set_num_threads(usable_threads(threads))
     dev = resolve_device(device)
@@ -182,7 +185,7 @@ def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     xv = torch.from_numpy(((x_val - mean) / std).astype(np.float32))
     head = torch.nn.Linear(xt.shape[1], yt.shape[1])
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    use_auc = macro_auc(y_val, np.zeros(y_val.shape))[1] > 0
+    use_auc = not np.isnan(column_aucs(y_val, np.zeros(y_val.shape))).all()
     best, best_state, best_epoch, stale, epoch = -math.inf, None, 0, 0, 0
     for epoch in range(1, cfg.max_epochs + 1):
         head.train()
@@ -200,7 +203,7 @@ def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
         with torch.no_grad():
             logits = head(xv)
         if use_auc:
-            metric = macro_auc(y_val, torch.sigmoid(logits).numpy())[0]
+            metric = float(np.nanmean(column_aucs(y_val, logits.numpy())))
         else:
             yv = torch.from_numpy(y_val.astype(np.float32))
             mask = (yv >= 0).float()
@@ -250,8 +253,9 @@ def run_linear_probe(task: str, features_path, task_labels_path, percent: float,
     ``all_test``) writes its classes with NaN AUCs and the reason in ``probe.json`` — nothing is skipped
     silently.
     """
-    from supreme_ecg.zeroshot import task_classes
+    from supreme_ecg.datasets import task_classes
 
+    torch.set_num_threads(1)  # a linear head on a few thousand rows: threads cost more than they give
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = task_classes(task, task_labels_path)
@@ -279,18 +283,19 @@ def run_linear_probe(task: str, features_path, task_labels_path, percent: float,
                 predict, run = train_probe(x_train[subset], y_train[subset], *data["val"], cfg=cfg, seed=seed)
                 prob = predict(x_test)
                 probs.append(prob)
-                macros.append(macro_auc(y_test, prob)[0])
+                macros.append(float(np.nanmean(column_aucs(y_test, prob))))
                 used.append(len(subset))
                 n_train_pos = np.maximum(n_train_pos, (y_train[subset] > 0).sum(axis=0))
                 runs.append({"seed": seed, "n_train_used": len(subset), **run})
             result = bootstrap_aucs(y_test, probs, n_resamples=n_resamples, seed=bootstrap_seed, level=level)
             samples.append(samples_table(result, encoder=encoder))
-            per_seed = np.array([[_auc_or_nan(y_test[:, c], p[:, c]) for c in range(len(names))] for p in probs])
+            per_seed = np.array([column_aucs(y_test, p) for p in probs])
             seed_sd = per_seed.std(axis=0, ddof=1) if len(probs) > 1 else np.full(len(names), np.nan)
             info.update(status="ok", runs=runs, n_train_used=int(np.mean(used)), seed_macro_aucs=macros,
                         macro_auc=result.macro["all"][0], ci_low=result.macro["all"][1],
                         ci_high=result.macro["all"][2], n_redraws=result.n_redraws,
-                        macro_auc_seed_sd=float(np.std(macros, ddof=1)) if len(macros) > 1 else float("nan"))
+                        macro_auc_seed_sd=float(np.std(macros, ddof=1)) if len(macros) > 1 else float("nan"),
+                        interval_note=result.note)
         for c, cls in enumerate(classes):
             known = y_test[:, c] >= 0
             rows.append({"task": task, "percent": float(percent), "encoder": encoder, "class": cls.name,
@@ -308,13 +313,6 @@ def run_linear_probe(task: str, features_path, task_labels_path, percent: float,
     write_bootstrap_samples(samples, out_dir / "bootstrap.parquet")
     (out_dir / "probe.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
     return report
-
-
-def _auc_or_nan(truth: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC over known labels, NaN without both classes."""
-    from supreme_ecg.zeroshot import class_auc
-
-    return class_auc(truth, score)[2]
 
 
 def summarise_probes(probe_dirs, out_csv) -> pd.DataFrame:

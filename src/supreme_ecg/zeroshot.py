@@ -13,6 +13,7 @@ its similarity and the form it matched are written beside the AUC as the evidenc
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +30,19 @@ from supreme_ecg.bootstrap import (
 from supreme_ecg.extract.standardise import (
     DEFAULT_MERGE_THRESHOLD, cosine_matrix, is_seen, normalise_surface, order_key,
 )
+from supreme_ecg.datasets import task_classes
 from supreme_ecg.settings import usable_threads
 from supreme_ecg.model import TextEncoder, load_checkpoint, model_from_checkpoint
 from supreme_ecg.preprocess import read_signals
 from supreme_ecg.pretrain import iter_row_groups, read_label_vocabulary, read_row_group, resolve_device
 
+log = logging.getLogger("supreme_ecg")
+
 SUMMARY_COLUMNS = ["task", "n_classes", "n_classes_evaluated", "macro_auc", "ci_low", "ci_high",
                    "macro_auc_seen", "seen_ci_low", "seen_ci_high", "macro_auc_unseen", "unseen_ci_low",
                    "unseen_ci_high", "random_init_macro_auc", "random_init_ci_low", "random_init_ci_high",
                    "n_seen", "n_unseen", "n_seen_evaluated", "n_unseen_evaluated", "n_test_records", "n_redraws",
-                   "splits"]
+                   "splits", "interval_note"]
 #: seen = the description would have been standardised into a training label (see measure_seen);
 #: unseen = it would not (no training label's name or member form is close enough, or only conflicting ones)
 CLASS_KINDS = ("seen", "unseen")
@@ -133,16 +137,6 @@ def measure_seen(descriptions, label_ids, label_names, label_members, encoder,
     return results
 
 
-def task_classes(task: str, task_labels_path) -> list[catalogue.BenchmarkClass]:
-    """The task's classes: the definition stored in its label table (benchmark or user task), else the
-    benchmark's (a label table written without one)."""
-    from supreme_ecg.datasets import TASK_METADATA_KEY, task_classes_from_labels
-
-    if TASK_METADATA_KEY in (pq.read_schema(task_labels_path).metadata or {}):
-        return task_classes_from_labels(task_labels_path)
-    return catalogue.task_classes(task)
-
-
 def _read_task_labels(path, classes, splits) -> pd.DataFrame:
     """Task labels of the chosen splits, checked for one column per class."""
     labels = pd.read_parquet(path)
@@ -217,6 +211,7 @@ def task_summary(per_class: pd.DataFrame, task: str | None = None, evaluation: d
     row["n_test_records"] = int(evaluation.get("n_records", 0))
     row["n_redraws"] = int(evaluation.get("n_redraws", {}).get("pretrained", 0))
     row["splits"] = "+".join(evaluation.get("splits") or ["all"])
+    row["interval_note"] = evaluation.get("interval_notes", {}).get("pretrained", "")
     return row
 
 
@@ -264,7 +259,7 @@ def evaluate_task(task, checkpoint_path, shard_paths, task_labels_path, vocabula
                   "n_missing_signal": n_missing, "text_encoder": text.name,
                   "checkpoint_epoch": int(checkpoint["epoch"]), "seen_threshold": threshold,
                   "n_training_labels": len(ids), "n_resamples": n_resamples, "bootstrap_seed": bootstrap_seed,
-                  "level": level, "macro": {}, "n_redraws": {}}
+                  "level": level, "macro": {}, "n_redraws": {}, "interval_notes": {}}
     for name in models:
         matrix = (np.stack([found[name][r] for r in labels["record_id"]]) if len(labels)
                   else np.zeros((0, len(classes))))
@@ -277,6 +272,9 @@ def evaluate_task(task, checkpoint_path, shard_paths, task_labels_path, vocabula
         samples.append(samples_table(result, encoder=name))
         evaluation["macro"][name] = {g: list(v) for g, v in result.macro.items()}
         evaluation["n_redraws"][name] = result.n_redraws
+        if result.note:
+            evaluation["interval_notes"][name] = result.note
+            log.warning("%s %s: %s", task, name, result.note)
         for k, (c, near) in enumerate(zip(classes, nearest)):
             known = truth[:, k] >= 0
             rows.append({"task": task, "class": c.name, "description": c.description, "encoder": name,
@@ -353,11 +351,15 @@ def write_summary_md(summary: pd.DataFrame, path, per_class: list[pd.DataFrame] 
         + " | ".join(c[0] for c in _MD_AUCS) + " | redraws |",
         "|---|---|---|---|" + "---|" * len(_MD_AUCS) + "---|",
     ]
+    notes = [f"- {row['task']}: {row['interval_note']}" for row in summary.to_dict("records")
+             if isinstance(row.get("interval_note"), str) and row["interval_note"]]
     for row in summary.to_dict("records"):
         cells = [row["task"], f"{row['n_classes']} ({row['n_classes_evaluated']})",
                  f"{row['n_seen']} / {row['n_unseen']}", row["n_test_records"]]
         cells += [format_auc_ci(row[a], row[lo], row[hi]) for _, a, lo, hi in _MD_AUCS]
         lines.append("| " + " | ".join(str(c) for c in cells + [row["n_redraws"]]) + " |")
+    if notes:
+        lines += ["", "Tasks without intervals:", *notes]
     for frame in per_class:
         frame = frame[frame["encoder"] == "pretrained"] if "encoder" in frame else frame
         if not len(frame):
@@ -404,7 +406,7 @@ def summarise(per_class_paths, out_csv) -> pd.DataFrame:
     average = {"task": "average", "splits": "+".join(sorted({s for v in table["splits"] for s in v.split("+")}))}
     level = LEVEL
     for col in SUMMARY_COLUMNS[1:]:
-        if col == "splits":
+        if col in ("splits", "interval_note"):
             continue
         if "auc" in col:
             values = table[col].dropna()

@@ -149,3 +149,13 @@ def task_label_spec(task):
     spec = {k: v for k, v in USER_TASKS[task].items() if k != "manifest"}
     spec["dataset"] = task_dataset(task)
     return json.dumps(spec, sort_keys=True)
+
+
+#: shares of the training labels the linear probes use, as path components ("1", "10", "100")
+PROBE_PERCENTS = [f"{p:g}" for p in config["linear_probe"]["percents"]]
+#: bootstrap options shared by the zero-shot and probe rules
+BOOTSTRAP_ARGS = (
+    f"--n-resamples {config['evaluation']['n_resamples']}"
+    f" --bootstrap-seed {config['evaluation']['bootstrap_seed']}"
+    f" --level {config['evaluation']['level']}"
+)

@@ -53,3 +53,21 @@ rule pretrain:
         "{params.launcher} -m supreme_ecg.cli pretrain --shards {input.shards} --labels {input.labels}"
         " --vocabulary {input.vocabulary} --out-dir results/pretrain"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+
+
+rule random_init_checkpoint:
+    input:
+        "results/pretrain/checkpoint.pt",
+    output:
+        "results/baseline/random_init.pt",
+    log:
+        "logs/random_init_checkpoint.log",
+    benchmark:
+        "benchmarks/out/random_init_checkpoint.tsv"
+    conda:
+        "../../envs/pretrain.yaml"
+    params:
+        seed=config["evaluation"]["baseline_seed"],
+    shell:
+        "python -m supreme_ecg.cli random-init --checkpoint {input} --seed {params.seed}"
+        " --out {output} > {log} 2>&1"

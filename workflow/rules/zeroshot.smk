@@ -1,4 +1,6 @@
-"""Zero-shot: class descriptions as queries on each downstream task; per-class and macro AUC."""
+"""Zero-shot: class descriptions as queries on each downstream task's test records; per-class and
+macro AUC with bootstrap intervals, for the pre-trained model and its random-init baseline.
+"""
 
 
 rule task_labels:
@@ -36,6 +38,7 @@ rule task_labels:
 rule zeroshot_task:
     input:
         checkpoint="results/pretrain/checkpoint.pt",
+        baseline="results/baseline/random_init.pt",
         vocabulary="results/extract/label_vocabulary.parquet",
         labels="results/labels/{task}.parquet",
         shards=dataset_shards,
@@ -47,11 +50,13 @@ rule zeroshot_task:
             caption="../report/zeroshot_per_class.rst",
         ),
         scores="results/zeroshot/{task}/scores.parquet",
-        roc=report(
-            "results/zeroshot/{task}/roc.png",
+        bootstrap="results/zeroshot/{task}/bootstrap.parquet",
+        evaluation="results/zeroshot/{task}/evaluation.json",
+        bars=report(
+            "results/zeroshot/{task}/auc_bars.png",
             category="Zero-shot",
             subcategory="{task}",
-            caption="../report/zeroshot_roc.rst",
+            caption="../report/zeroshot_auc_bars.rst",
         ),
     log:
         "logs/zeroshot/{task}.log",
@@ -66,17 +71,47 @@ rule zeroshot_task:
         seen_threshold=config["zeroshot"].get(
             "seen_threshold", config["extract"]["merge_threshold"]
         ),
+        bootstrap=BOOTSTRAP_ARGS,
     shell:
         "python -m supreme_ecg.cli zeroshot --task {wildcards.task} --checkpoint {input.checkpoint}"
-        " --shards {input.shards} --task-labels {input.labels}"
+        " --baseline-checkpoint {input.baseline} --shards {input.shards} --task-labels {input.labels}"
         " --vocabulary {input.vocabulary} --out-dir results/zeroshot/{wildcards.task}"
-        " --splits {params.splits} --seen-threshold {params.seen_threshold}"
+        " --splits {params.splits} --seen-threshold {params.seen_threshold} {params.bootstrap}"
         " --threads {threads} > {log} 2>&1"
+
+
+rule example_ecgs:
+    input:
+        scores=expand("results/zeroshot/{task}/scores.parquet", task=TASKS),
+        labels=expand("results/labels/{task}.parquet", task=TASKS),
+        manifests=[f"results/manifests/{task_dataset(t)}.parquet" for t in TASKS],
+    output:
+        report(
+            expand("results/zeroshot/{task}/examples.png", task=TASKS),
+            category="Example ECGs",
+            caption="../report/example_ecgs.rst",
+        ),
+    log:
+        "logs/example_ecgs.log",
+    benchmark:
+        "benchmarks/out/example_ecgs.tsv"
+    conda:
+        "../../envs/pretrain.yaml"
+    params:
+        root=DATA_ROOT,
+        n=config["evaluation"]["n_examples"],
+        tasks=TASKS,
+    shell:
+        "python -m supreme_ecg.cli example-ecgs --task {params.tasks} --scores {input.scores}"
+        " --task-labels {input.labels} --manifest {input.manifests} --root {params.root:q}"
+        " --n {params.n} --out {output} > {log} 2>&1"
 
 
 rule zeroshot_summary:
     input:
-        expand("results/zeroshot/{task}/per_class.parquet", task=TASKS),
+        per_class=expand("results/zeroshot/{task}/per_class.parquet", task=TASKS),
+        bootstrap=expand("results/zeroshot/{task}/bootstrap.parquet", task=TASKS),
+        evaluation=expand("results/zeroshot/{task}/evaluation.json", task=TASKS),
     output:
         csv=report(
             "results/zeroshot/summary.csv",
@@ -91,4 +126,4 @@ rule zeroshot_summary:
     conda:
         "../../envs/pretrain.yaml"
     shell:
-        "python -m supreme_ecg.cli summarise --per-class {input} --out {output.csv} > {log} 2>&1"
+        "python -m supreme_ecg.cli summarise --per-class {input.per_class} --out {output.csv} > {log} 2>&1"

@@ -54,6 +54,7 @@ from supreme_ecg.datasets.labels import (
     TASK_METADATA_KEY,
     USER_LABEL_SOURCES,
     apply_split_policy,
+    task_classes,
     task_classes_from_labels,
     task_definition,
     task_labels,
@@ -78,7 +79,7 @@ __all__ = [
     "describe_unverified", "index_cinc", "index_cpsc2018_original", "index_dataset", "index_mimic", "index_ptbxl",
     "index_user_manifest", "is_cpsc2018_original", "label_disagreement", "load_scp_statements",
     "mark_pretraining", "merl_compat_labels", "parse_scp_codes", "pretraining_rows", "random_split",
-    "read_merl_splits", "read_table", "record_stem", "task_classes_from_labels", "task_definition",
+    "read_merl_splits", "read_table", "record_stem", "task_classes", "task_classes_from_labels", "task_definition",
     "task_labels", "task_labels_and_dropped", "task_labels_for", "user_task_classes", "user_task_labels",
     "write_task_labels",
 ]

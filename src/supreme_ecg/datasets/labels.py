@@ -180,6 +180,16 @@ def task_classes_from_labels(path) -> list[catalogue.BenchmarkClass]:
                                      snomed=tuple(c.get("codes") or ())) for c in definition["classes"]]
 
 
+def task_classes(task: str, task_labels_path) -> list[catalogue.BenchmarkClass]:
+    """The task's classes: the definition stored in its label table (benchmark or user task), else the
+    benchmark's (a label table written without one)."""
+    import pyarrow.parquet as pq
+
+    if TASK_METADATA_KEY in (pq.read_schema(task_labels_path).metadata or {}):
+        return task_classes_from_labels(task_labels_path)
+    return catalogue.task_classes(task)
+
+
 # --------------------------------------------------------------------------- split policy
 
 

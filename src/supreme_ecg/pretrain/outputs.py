@@ -91,7 +91,9 @@ def _find_resume(out_dir: Path, cfg: PretrainConfig, table: LabelTable, data: _D
     """(checkpoint, path, note): the compatible state (mid-epoch, epoch, in-progress or final) furthest on.
 
     A mid-epoch position made with another number of processes or ``grad_accum_steps`` is not used (the
-    batches would differ): the run continues from the last whole epoch.
+    batches would differ): the run continues from the last whole epoch. A state past ``cfg.epochs``
+    (the epochs were lowered) is not used either: the run starts afresh rather than return a model
+    trained longer than asked.
     """
     best, best_path, note = None, None, "no checkpoint"
     places = ([state / STEP_STATE, state / EPOCH_STATE] if state is not None else []) + [
@@ -102,6 +104,9 @@ def _find_resume(out_dir: Path, cfg: PretrainConfig, table: LabelTable, data: _D
         ckpt = load_checkpoint(path)
         if not _compatible(ckpt, cfg, table, data):
             note = f"{path.name} has other settings, labels or data: starting afresh"
+            continue
+        if _progress(ckpt) > (int(cfg.epochs), 0):
+            note = f"{path.name} is at epoch {ckpt['epoch']}, past pretrain.epochs={cfg.epochs}: starting afresh"
             continue
         position = ckpt.get("position")
         if position and (position["world"], position["accum"]) != (world, cfg.grad_accum_steps):
