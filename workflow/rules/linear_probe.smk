@@ -29,12 +29,7 @@ rule linear_probe:
         features="results/features/{task}.parquet",
         labels="results/labels/{task}.parquet",
     output:
-        per_class=report(
-            "results/linear_probe/{task}/{percent}/per_class.parquet",
-            category="Linear probe",
-            subcategory="{task}",
-            caption="../report/linear_probe_per_class.rst",
-        ),
+        per_class="results/linear_probe/{task}/{percent}/per_class.parquet",
         bootstrap="results/linear_probe/{task}/{percent}/bootstrap.parquet",
         probe="results/linear_probe/{task}/{percent}/probe.json",
     log:
