@@ -76,8 +76,8 @@ def extract_features(checkpoints: dict, shard_paths, task_labels_path, out_path,
     without a preprocessed signal (rejected in preprocessing) are counted, not invented.
     """
     from supreme_ecg.model import load_checkpoint, model_from_checkpoint
-    from supreme_ecg.preprocess import read_signals
-    from supreme_ecg.pretrain import iter_row_groups, read_row_group, resolve_device
+    from supreme_ecg.pretrain import resolve_device
+    from supreme_ecg.pretrain.shards import iter_wanted_signals
 
     if threads:
         torch.set_num_threads(usable_threads(threads))
@@ -86,24 +86,17 @@ def extract_features(checkpoints: dict, shard_paths, task_labels_path, out_path,
                 for name, path in checkpoints.items()}
     labels = pd.read_parquet(task_labels_path, columns=["record_id", "split"]).drop_duplicates("record_id")
     split_of = dict(zip(labels["record_id"].astype(str), labels["split"].astype(str)))
-    done: set[str] = set()
-    writer, dims = None, {}
+    n_found, writer, dims = 0, None, {}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     try:
-        for path, rg, batch in iter_row_groups(shard_paths, ["record_id"]):
-            ids = [str(r) for r in batch.column("record_id").to_pylist()]
-            rows = [i for i, r in enumerate(ids) if r in split_of and r not in done]
-            if not rows:
-                continue
-            signals = read_signals(read_row_group(path, rg, ["signal"]))[rows]
-            wanted = [ids[i] for i in rows]
-            done.update(wanted)
+        for wanted, signals in iter_wanted_signals(shard_paths, split_of):
+            n_found += len(wanted)
             for name, encoder in encoders.items():
                 pooled = []
                 with torch.inference_mode():
-                    for i in range(0, len(rows), batch_size):
+                    for i in range(0, len(wanted), batch_size):
                         x = torch.from_numpy(np.ascontiguousarray(signals[i:i + batch_size])).to(dev)
                         pooled.append(encoder(x)[1].float().cpu().numpy())
                 feats = np.concatenate(pooled).astype(np.float32)
@@ -120,7 +113,7 @@ def extract_features(checkpoints: dict, shard_paths, task_labels_path, out_path,
         if writer is not None:
             writer.close()
     tmp.replace(out_path)
-    return {"n_labelled": len(split_of), "n_with_signal": len(done), "n_without_signal": len(split_of) - len(done),
+    return {"n_labelled": len(split_of), "n_with_signal": n_found, "n_without_signal": len(split_of) - n_found,
             "encoders": list(encoders), "dims": dims}
 
 

@@ -33,8 +33,8 @@ from supreme_ecg.extract.standardise import (
 from supreme_ecg.datasets import task_classes
 from supreme_ecg.settings import usable_threads
 from supreme_ecg.model import TextEncoder, load_checkpoint, model_from_checkpoint
-from supreme_ecg.preprocess import read_signals
-from supreme_ecg.pretrain import iter_row_groups, read_label_vocabulary, read_row_group, resolve_device
+from supreme_ecg.pretrain import read_label_vocabulary, resolve_device
+from supreme_ecg.pretrain.shards import iter_wanted_signals
 
 log = logging.getLogger("supreme_ecg")
 
@@ -153,20 +153,14 @@ def _read_task_labels(path, classes, splits) -> pd.DataFrame:
 def score_records(model, query: torch.Tensor, shard_paths, record_ids, batch_size: int = 64,
                   device="cpu") -> dict[str, np.ndarray]:
     """record_id → sigmoid scores (N,) for the wanted records found in the shards (first occurrence)."""
-    wanted, scores = set(record_ids), {}
+    scores = {}
     model.eval()
-    for path, rg, batch in iter_row_groups(shard_paths, ["record_id"]):
-        ids = [str(r) for r in batch.column("record_id").to_pylist()]
-        rows = [i for i, r in enumerate(ids) if r in wanted and r not in scores]
-        if not rows:
-            continue
-        signals = read_signals(read_row_group(path, rg, ["signal"]))[rows]
+    for ids, signals in iter_wanted_signals(shard_paths, record_ids):
         with torch.inference_mode():
-            for i in range(0, len(rows), batch_size):
+            for i in range(0, len(ids), batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(signals[i:i + batch_size])).to(device)
                 prob = torch.sigmoid(model(x, query).float()).cpu().numpy()
-                for j, p in zip(rows[i:i + batch_size], prob):
-                    scores[ids[j]] = p
+                scores.update(zip(ids[i:i + batch_size], prob))
     return scores
 
 

@@ -40,3 +40,20 @@ def n_samples_of(path) -> int:
 def hash_fraction(key: str) -> float:
     """Stable uniform number in [0, 1) from a key (SHA-256, independent of PYTHONHASHSEED)."""
     return int.from_bytes(hashlib.sha256(str(key).encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+
+
+def iter_wanted_signals(paths, wanted):
+    """Yield ``(record ids, signals (n, 12, L) float32)`` per row group for the records of ``wanted``
+    found in the shards, each at its first occurrence; only row groups holding one are decoded."""
+    from supreme_ecg.preprocess import read_signals
+
+    wanted, done = set(wanted), set()
+    for path, rg, batch in iter_row_groups(paths, ["record_id"]):
+        rows, found = [], []
+        for i, record_id in enumerate(str(r) for r in batch.column("record_id").to_pylist()):
+            if record_id in wanted and record_id not in done:
+                done.add(record_id)
+                rows.append(i)
+                found.append(record_id)
+        if rows:
+            yield found, read_signals(read_row_group(path, rg, ["signal"]))[rows]
