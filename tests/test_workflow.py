@@ -161,3 +161,19 @@ def test_pretrain_corpus_choice_moves_the_extract_and_pretrain_inputs(tmp_path):
     assert "input: results/manifests/ptbxl.parquet" in text and "results/manifests/mimic.parquet" not in text
     text = _dry_run_jobs(tmp_path, "", "results/extract/labels.parquet")
     assert "input: results/manifests/mimic.parquet" in text and "pretrain_corpus.parquet" in text
+
+
+def test_jobs_run_with_the_python_that_runs_snakemake(tmp_path):
+    """`.venv/bin/snakemake` without an activated environment and with only the system's bin folders on
+    PATH: a job that needs the project's packages (the demo generator) runs."""
+    shutil.copy(REPO_ROOT / "config.yaml", tmp_path / "config.yaml")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [str(bin_dir / "snakemake"), "--snakefile", str(REPO_ROOT / "Snakefile"), "--directory", str(tmp_path),
+         "--cores", "2", "data/demo/demo_truth.parquet",
+         "--configfile", str(tmp_path / "config.yaml"), str(tmp_path / "tiny.yaml")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:] + (tmp_path / "logs/demo_data.log").read_text()[-2000:]
+    assert (tmp_path / "data/demo/demo_truth.parquet").stat().st_size > 0

@@ -2,6 +2,9 @@
 
 import json
 import re
+import shlex
+
+from snakemake.settings.types import DeploymentMethod
 
 from snakemake.exceptions import WorkflowError
 
@@ -31,6 +34,18 @@ def _regex(names):
     return "|".join(re.escape(n) for n in names) or "(?!x)x"
 
 
+def _jobs_use_this_python():
+    """Jobs run `python`/`torchrun` from the environment running Snakemake (so `.venv/bin/snakemake`
+    needs no activated environment): its bin folder goes first on the jobs' PATH. Not under
+    `--sdm conda`, where each rule's environment provides them."""
+    settings = workflow.deployment_settings
+    if settings is not None and DeploymentMethod.CONDA in settings.deployment_method:
+        return
+    bin_dir = os.path.dirname(sys.executable)
+    shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(bin_dir)}:"$PATH"; ')
+
+
+_jobs_use_this_python()
 DATA_ROOT = _data_root()
 MERL_SPLITS_DIR = os.path.join(DATA_ROOT, "merl_splits")
 #: the corpus whose reports give the pre-training labels (mimic, ptbxl or manifest)
