@@ -21,12 +21,16 @@ configfile: "config.yaml"
 report: "workflow/report/workflow.rst"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
 # The rules run `python -m supreme_ecg.cli`; the package is importable without installing it.
 SRC_DIR = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC_DIR)
 os.environ.update(PYTHONPATH=SRC_DIR)  # jobs import the package from this checkout
+
+from supreme_ecg.config_schema import coerce_config
+
+# --config key="{nested: 8}" hands nested values over as strings: type them by the schema first
+coerce_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"

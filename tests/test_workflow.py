@@ -177,3 +177,13 @@ def test_jobs_run_with_the_python_that_runs_snakemake(tmp_path):
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:] + (tmp_path / "logs/demo_data.log").read_text()[-2000:]
     assert (tmp_path / "data/demo/demo_truth.parquet").stat().st_size > 0
+
+
+def test_readme_ollama_example_passes_validation(tmp_path):
+    """The README's `--config extract="{…, concurrency: 8}"`: nested values typed by the schema."""
+    shutil.copy(REPO_ROOT / "config.yaml", tmp_path / "config.yaml")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    readme = (REPO_ROOT / "README.md").read_text()
+    value = readme.split('--config extract="', 1)[1].split('"', 1)[0]
+    proc = _snakemake(tmp_path, "all", "-n", "--config", f"extract={value}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
