@@ -29,7 +29,9 @@ os.environ.update(PYTHONPATH=SRC_DIR)  # jobs import the package from this check
 from supreme_ecg.config_schema import coerce_config
 
 # --config key="{nested: 8}" hands nested values over as strings: type them by the schema first
-coerce_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+coerce_config(
+    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
