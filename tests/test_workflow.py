@@ -187,3 +187,14 @@ def test_readme_ollama_example_passes_validation(tmp_path):
     value = readme.split('--config extract="', 1)[1].split('"', 1)[0]
     proc = _snakemake(tmp_path, "all", "-n", "--config", f"extract={value}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_snakefiles_are_lint_and_snakefmt_clean():
+    """`make lint`'s Snakemake checks, so that CI catches a rule that drifts."""
+    bin_dir = Path(sys.executable).parent
+    fmt = subprocess.run([str(bin_dir / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert fmt.returncode == 0, fmt.stderr[-2000:]
+    lint = subprocess.run([str(bin_dir / "snakemake"), "--lint"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, (lint.stdout + lint.stderr)[-3000:]
