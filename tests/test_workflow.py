@@ -101,7 +101,8 @@ def test_rerun_pretrain_only_reruns_downstream(workflow_run):
     text = proc.stdout + proc.stderr
     rows = text.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
     jobs = {row.split()[0] for row in rows} - {"total"}
-    assert jobs == {"pretrain", "zeroshot_task", "zeroshot_summary", "all"}, jobs
+    assert jobs == {"pretrain", "random_init_checkpoint", "zeroshot_task", "zeroshot_summary", "example_ecgs",
+                    "task_features", "linear_probe", "linear_probe_summary", "results_summary", "all"}, jobs
 
 
 def _add_mimic_record(root: Path) -> str:
