@@ -151,10 +151,8 @@ def bootstrap_aucs(truth: np.ndarray, scores, groups: dict[str, np.ndarray] | No
         kept.append(weights[ok][: n_resamples - sum(len(k) for k in kept)])
     boot = aucs(np.concatenate(kept)) if n_resamples else np.zeros((0, n_classes))
 
-    def interval(values: np.ndarray) -> tuple[float, float]:
-        return percentile_interval(values, level)
-
-    ci = np.array([interval(boot[:, c]) if defined[c] else (np.nan, np.nan) for c in range(n_classes)])
+    ci = np.array([percentile_interval(boot[:, c], level) if defined[c] else (np.nan, np.nan)
+                   for c in range(n_classes)])
     macro, samples = {}, {}
     for name, mask in groups.items():
         cols = mask & defined
@@ -162,7 +160,7 @@ def bootstrap_aucs(truth: np.ndarray, scores, groups: dict[str, np.ndarray] | No
             macro[name], samples[name] = (float("nan"), float("nan"), float("nan")), np.full(len(boot), np.nan)
             continue
         samples[name] = boot[:, cols].mean(axis=1)
-        macro[name] = (float(point[cols].mean()), *interval(samples[name]))
+        macro[name] = (float(point[cols].mean()), *percentile_interval(samples[name], level))
     return BootstrapResult(auc=point, ci_low=ci[:, 0] if len(ci) else ci, ci_high=ci[:, 1] if len(ci) else ci,
                            macro=macro, macro_samples=samples, n_resamples=n_resamples, n_redraws=n_redraws,
                            level=level, seed=seed, note=note)
@@ -194,3 +192,15 @@ def write_bootstrap_samples(tables: list[pd.DataFrame], path) -> None:
     frame = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
     frame = frame[columns].astype({"encoder": str, "group": str, "resample": np.int64, "macro_auc": np.float64})
     frame.to_parquet(path, index=False)
+
+
+def average_over_tasks(samples: list[pd.DataFrame], encoder: str, group: str, level: float = LEVEL
+                       ) -> tuple[float, float]:
+    """Interval of the mean over tasks of a macro AUC: per resample index, the mean of the tasks'
+    resampled values (tasks with no value for the group left out)."""
+    values = [s.loc[(s["encoder"] == encoder) & (s["group"] == group)].set_index("resample")["macro_auc"]
+              for s in samples]
+    values = [v for v in values if len(v) and v.notna().any()]
+    if not values:
+        return float("nan"), float("nan")
+    return percentile_interval(pd.concat(values, axis=1).mean(axis=1, skipna=True).to_numpy(), level)

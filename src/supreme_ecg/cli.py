@@ -253,9 +253,11 @@ def cmd_summarise(args: argparse.Namespace) -> dict:
 
 def _bootstrap_arguments(p: argparse.ArgumentParser) -> None:
     """Options of the bootstrap intervals (config ``evaluation``)."""
-    p.add_argument("--n-resamples", type=int, default=1000)
-    p.add_argument("--bootstrap-seed", type=int, default=0)
-    p.add_argument("--level", type=float, default=0.95)
+    from supreme_ecg import bootstrap
+
+    p.add_argument("--n-resamples", type=int, default=bootstrap.N_RESAMPLES)
+    p.add_argument("--bootstrap-seed", type=int, default=bootstrap.SEED)
+    p.add_argument("--level", type=float, default=bootstrap.LEVEL)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from supreme_ecg.bootstrap import (
-    LEVEL, N_RESAMPLES, SEED, bootstrap_aucs, column_aucs, samples_table, write_bootstrap_samples,
+    LEVEL, N_RESAMPLES, SEED, average_over_tasks, bootstrap_aucs, column_aucs, samples_table,
+    write_bootstrap_samples,
 )
 from supreme_ecg.settings import usable_threads
 
@@ -311,8 +312,6 @@ def run_linear_probe(task: str, features_path, task_labels_path, percent: float,
 def summarise_probes(probe_dirs, out_csv) -> pd.DataFrame:
     """``summary.csv``: one row per task × fraction, the pre-trained encoder's macro AUC with its interval
     and the random-init baseline's beside it (from each probe's ``probe.json``)."""
-    from supreme_ecg.zeroshot import average_over_tasks
-
     rows, samples = [], {}
     for folder in probe_dirs:
         report = json.loads((Path(folder) / "probe.json").read_text(encoding="utf-8"))

@@ -51,14 +51,12 @@ def checkpoint_preprocess(checkpoint: dict) -> PreprocessConfig:
 def prepare_record(path, cfg: PreprocessConfig) -> tuple[np.ndarray | None, str, str | None, str | None]:
     """(float32 (12, n_samples) signal or None, status, reason, detail) of one record file."""
     from supreme_ecg import formats
-    from supreme_ecg.preprocess import RecordRejected, preprocess_record
+    from supreme_ecg.preprocess import RecordRejected, preprocess_record, read_source
 
     try:
-        record = formats.read_record(path)
+        record = read_source(path)
     except formats.RecordReadError as exc:
         return None, "unreadable", exc.reason, exc.detail
-    except Exception as exc:  # a damaged file of any kind is reported, not raised
-        return None, "unreadable", "read_error", f"{type(exc).__name__}: {exc}"
     try:
         signal, _ = preprocess_record(record, cfg)
     except RecordRejected as exc:

@@ -328,14 +328,23 @@ def _resolve(source_path: str, root) -> Path:
     return Path(root) / source_path if root is not None else Path(source_path)
 
 
+def read_source(path) -> formats.Record:
+    """:func:`formats.read_record`, with any failure to read a file raised as ``RecordReadError`` (a
+    damaged file of any kind is reported with its reason, never a crash)."""
+    try:
+        return formats.read_record(path)
+    except formats.RecordReadError:
+        raise
+    except Exception as exc:
+        raise formats.RecordReadError("read_error", f"{type(exc).__name__}: {exc}") from exc
+
+
 def _process_row(row: dict, cfg: PreprocessConfig, root, out: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Read and preprocess one manifest row (into ``out``); every failure becomes :class:`RecordRejected`."""
     try:
-        record = formats.read_record(_resolve(row["source_path"], root))
+        record = read_source(_resolve(row["source_path"], root))
     except formats.RecordReadError as exc:
         raise RecordRejected(exc.reason, exc.detail) from exc
-    except Exception as exc:  # any other unreadable file must still end in the rejects
-        raise RecordRejected("read_error", f"{type(exc).__name__}: {exc}") from exc
     return preprocess_record(record, cfg, out)
 
 

@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from supreme_ecg import catalogue
 from supreme_ecg.bootstrap import (
-    LEVEL, N_RESAMPLES, SEED, bootstrap_aucs, percentile_interval, samples_table, write_bootstrap_samples,
+    LEVEL, N_RESAMPLES, SEED, average_over_tasks, bootstrap_aucs, samples_table, write_bootstrap_samples,
 )
 from supreme_ecg.extract.standardise import (
     DEFAULT_MERGE_THRESHOLD, cosine_matrix, is_seen, normalise_surface, order_key,
@@ -150,17 +150,20 @@ def _read_task_labels(path, classes, splits) -> pd.DataFrame:
     return labels
 
 
-def score_records(model, query: torch.Tensor, shard_paths, record_ids, batch_size: int = 64,
-                  device="cpu") -> dict[str, np.ndarray]:
-    """record_id → sigmoid scores (N,) for the wanted records found in the shards (first occurrence)."""
-    scores = {}
-    model.eval()
+def score_records(models: dict, query: torch.Tensor, shard_paths, record_ids, batch_size: int = 64,
+                  device="cpu") -> dict[str, dict[str, np.ndarray]]:
+    """Per model name: record_id → sigmoid scores (N,) for the wanted records found in the shards (first
+    occurrence). One pass over the shards serves every model."""
+    scores = {name: {} for name in models}
+    for model in models.values():
+        model.eval()
     for ids, signals in iter_wanted_signals(shard_paths, record_ids):
         with torch.inference_mode():
             for i in range(0, len(ids), batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(signals[i:i + batch_size])).to(device)
-                prob = torch.sigmoid(model(x, query).float()).cpu().numpy()
-                scores.update(zip(ids[i:i + batch_size], prob))
+                for name, model in models.items():
+                    prob = torch.sigmoid(model(x, query).float()).cpu().numpy()
+                    scores[name].update(zip(ids[i:i + batch_size], prob))
     return scores
 
 
@@ -239,8 +242,7 @@ def evaluate_task(task, checkpoint_path, shard_paths, task_labels_path, vocabula
     models = {"pretrained": model_from_checkpoint(checkpoint).to(dev)}
     if baseline_checkpoint_path is not None:
         models["random_init"] = model_from_checkpoint(load_checkpoint(baseline_checkpoint_path)).to(dev)
-    found = {name: score_records(model, query, shard_paths, labels["record_id"], batch_size, dev)
-             for name, model in models.items()}
+    found = score_records(models, query, shard_paths, labels["record_id"], batch_size, dev)
     n_missing = int((~labels["record_id"].isin(found["pretrained"])).sum())
     labels = labels[labels["record_id"].isin(found["pretrained"])].reset_index(drop=True)
     truth = labels[names].fillna(-1).to_numpy(np.int64)
@@ -369,18 +371,6 @@ def write_summary_md(summary: pd.DataFrame, path, per_class: list[pd.DataFrame] 
                      "–" if sim is None or np.isnan(sim) else f"{sim:.3f}"]
             lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def average_over_tasks(samples: list[pd.DataFrame], encoder: str, group: str, level: float = LEVEL
-                       ) -> tuple[float, float]:
-    """Interval of the mean over tasks of a macro AUC: per resample index, the mean of the tasks'
-    resampled values (tasks with no value for the group left out)."""
-    values = [s.loc[(s["encoder"] == encoder) & (s["group"] == group)].set_index("resample")["macro_auc"]
-              for s in samples]
-    values = [v for v in values if len(v) and v.notna().any()]
-    if not values:
-        return float("nan"), float("nan")
-    return percentile_interval(pd.concat(values, axis=1).mean(axis=1, skipna=True).to_numpy(), level)
 
 
 def summarise(per_class_paths, out_csv) -> pd.DataFrame:
