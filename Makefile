@@ -26,6 +26,7 @@ test: install
 	$(BIN)/pytest -q
 
 lint: install
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 

@@ -117,7 +117,7 @@ class ServerProcess:
     def __init__(self, latency_s: float, max_seconds: float = 1800.0):
         self.latency_s, self.max_seconds = latency_s, max_seconds
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         cmd = [sys.executable, "-m", "supreme_ecg.testing.fake_llm_server", "--model", MODEL,
                "--latency-ms", str(self.latency_s * 1000), "--max-seconds", str(self.max_seconds)]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             backend.extract(units)
             backend_walls[concurrency] = time.perf_counter() - t0
-        print("backend alone, {:,} units: ".format(len(units)) + ", ".join(
+        print(f"backend alone, {len(units):,} units: " + ", ".join(
             f"{c}: {len(units) / w:.0f} calls/s (x{backend_walls[1] / w:.2f})" for c, w in backend_walls.items()))
     calls = results[8][0]
     print(f"whole-report units would need {len(distinct_reports):,} calls "

@@ -149,7 +149,7 @@ def build_manifests(data_root: Path, workdir: Path, counts: list[int]) -> dict[i
 class _Timer:
     """Wall and CPU (user + system, all threads) seconds of a block."""
 
-    def __enter__(self) -> "_Timer":
+    def __enter__(self) -> _Timer:
         self.user0, self.sys0 = self._cpu()
         self.wall0 = time.perf_counter()
         return self

@@ -47,6 +47,6 @@ def test_extract_fallback_rows_name_the_backend(manifest, tmp_path):
 
 def test_every_stage_has_a_subcommand():
     parser = cli.build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public API
+    commands = parser._subparsers._group_actions[0].choices
     assert {"demo", "fetch", "index", "preprocess", "preprocess-summary", "extract", "labels",
             "pretrain", "zeroshot", "summarise"} <= set(commands)

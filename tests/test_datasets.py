@@ -119,7 +119,7 @@ def test_random_split_is_the_benchmark_rule():
     assert {i for i, s in split.items() if s == "test"} == set(test)
     assert {i for i, s in split.items() if s == "val"} == set(val)
     assert sum(s == "train" for s in split.values()) == 72
-    assert datasets.random_split(ids[:3]) == {i: "train" for i in ids[:3]}
+    assert datasets.random_split(ids[:3]) == dict.fromkeys(ids[:3], "train")
 
 
 # --------------------------------------------------------------------------- real fixtures

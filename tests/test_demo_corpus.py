@@ -18,7 +18,7 @@ from supreme_ecg.demo.conditions import conditions, conditions_version
 from supreme_ecg.leads import CANONICAL_LEADS, MIMIC_LEAD_ORDER, reorder_by_name
 from supreme_ecg.settings import fixtures_dir, shared_reference_dir
 
-SIZES = dict(n_pretrain=60, n_ptbxl=30, n_cpsc=30, n_csn=30)
+SIZES = {"n_pretrain": 60, "n_ptbxl": 30, "n_cpsc": 30, "n_csn": 30}
 SEED = 7
 SETS = ("mimic", "ptbxl", "cpsc2018", "csn")
 

@@ -29,7 +29,7 @@ from supreme_ecg.settings import fixtures_dir, shared_reference_dir
 
 FIXTURES = fixtures_dir()
 MERL_DIR = shared_reference_dir() / "merl_splits"
-NET = dict(jobs=3, retries=4, backoff=0.01, timeout=5, progress=False)
+NET = {"jobs": 3, "retries": 4, "backoff": 0.01, "timeout": 5, "progress": False}
 
 
 # --------------------------------------------------------------------------- loopback server

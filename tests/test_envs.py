@@ -43,7 +43,7 @@ def _imports(tree: ast.AST, module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parts = module.split(".")[: -node.level] if not _module_file(module).name == "__init__.py" \
+                parts = module.split(".")[: -node.level] if _module_file(module).name != "__init__.py" \
                     else module.split(".")[: len(module.split(".")) - node.level + 1]
                 base = ".".join(parts + ([node.module] if node.module else []))
             found.add(base)

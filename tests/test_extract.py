@@ -18,7 +18,8 @@ import pytest
 
 from supreme_ecg import extract as x
 from supreme_ecg.extract import stage, standardise
-from supreme_ecg.llm_cache import AnswerCache, cache_key, main as cache_cli
+from supreme_ecg.llm_cache import AnswerCache
+from supreme_ecg.llm_cache import main as cache_cli
 
 EXTRACT_DIR = Path(x.__file__).parent
 REPO = EXTRACT_DIR.parents[2]
@@ -211,7 +212,7 @@ def _write_keys(path: str, keys: list[str]) -> None:
 
 def test_cache_concurrent_writers_lose_nothing(tmp_path):
     path = str(tmp_path / "cache.sqlite")
-    a, b = [f"k{i}" for i in range(0, 300)], [f"k{i}" for i in range(150, 450)]
+    a, b = [f"k{i}" for i in range(300)], [f"k{i}" for i in range(150, 450)]
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_write_keys, args=(path, keys)) for keys in (a, b)]
     for p in procs:

@@ -10,15 +10,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from toy_ecg import toy_signals
 
 from supreme_ecg.datasets import write_task_labels
 from supreme_ecg.linear_probe import (
-    SUMMARY_COLUMNS, ProbeConfig, draw_fraction, extract_features, read_features, run_linear_probe,
-    summarise_probes, train_probe,
+    SUMMARY_COLUMNS,
+    ProbeConfig,
+    draw_fraction,
+    extract_features,
+    read_features,
+    run_linear_probe,
+    summarise_probes,
+    train_probe,
 )
 from supreme_ecg.model import build_model, default_model_config, random_init_checkpoint, save_checkpoint
 from supreme_ecg.preprocess import signal_array
-from toy_ecg import toy_signals
 
 FREQS = [3.0, 11.0]
 LENGTH, FS = 1000, 500

@@ -17,7 +17,6 @@ import pytest
 
 from supreme_ecg import extract as x
 from supreme_ecg.extract.stage import QUARANTINE_COLUMNS
-from supreme_ecg.llm_cache import AnswerCache
 from supreme_ecg.llm_backends import (
     BackendUnavailable,
     FallbackBackend,
@@ -26,6 +25,7 @@ from supreme_ecg.llm_backends import (
     add_backend_arguments,
     backend_options,
 )
+from supreme_ecg.llm_cache import AnswerCache
 from supreme_ecg.testing.fake_llm_server import FakeLLMServer, unit_of
 
 MODEL = "fake-model"

@@ -70,7 +70,7 @@ def _write_csvs(tmp_path, task, rows_by_split, key_column, extra_columns=()):
     names = [c.name for c in catalogue.task_classes(task)][::-1]
     for split in datasets.MERL_SPLITS:
         rows = rows_by_split.get(split, [])
-        frame = pd.DataFrame({key_column: [key for key, _ in rows], **{c: "x" for c in extra_columns}})
+        frame = pd.DataFrame({key_column: [key for key, _ in rows], **dict.fromkeys(extra_columns, "x")})
         for name in names:
             frame[name] = [int(name in positives) for _, positives in rows]
         frame.to_csv(tmp_path / f"{datasets.MERL_CSV_STEMS[task]}_{split}.csv", index=False)

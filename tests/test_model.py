@@ -11,9 +11,20 @@ import torch
 import torch.nn.functional as F
 
 from supreme_ecg.model import (
-    ECGEncoder, QueryFusionHead, SupremeModel, TextEncoder, build_model, count_parameters, create_encoder,
-    default_model_config, default_pooling, list_encoders, load_checkpoint, model_from_checkpoint,
-    resolve_text_encoder, save_checkpoint,
+    ECGEncoder,
+    QueryFusionHead,
+    SupremeModel,
+    TextEncoder,
+    build_model,
+    count_parameters,
+    create_encoder,
+    default_model_config,
+    default_pooling,
+    list_encoders,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_text_encoder,
+    save_checkpoint,
 )
 
 

@@ -109,7 +109,7 @@ def test_example_ecgs_on_true_scale_paper(fx, tmp_path):
                 for p in (fx / "cinc2020/cpsc2018/A0001.hea", fx / "cinc2020/ptb/S0001.hea")]
     fig = plots.example_ecgs_figure(examples, "examples")
     fig.canvas.draw()
-    paper = [ax for ax in fig.axes]
+    paper = list(fig.axes)
     assert len(paper) == 2
     for ax in paper:
         box = ax.get_window_extent()

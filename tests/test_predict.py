@@ -15,17 +15,28 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from toy_ecg import toy_signals
 
 from supreme_ecg import catalogue, formats
 from supreme_ecg.leads import CANONICAL_LEADS
 from supreme_ecg.model import (
-    TextEncoder, build_model, default_model_config, load_checkpoint, model_from_checkpoint, save_checkpoint,
+    TextEncoder,
+    build_model,
+    default_model_config,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
 )
 from supreme_ecg.predict import (
-    PREDICTION_COLUMNS, add_arguments, predict, prepare_record, read_queries_file, run, task_queries,
+    PREDICTION_COLUMNS,
+    add_arguments,
+    predict,
+    prepare_record,
+    read_queries_file,
+    run,
+    task_queries,
 )
 from supreme_ecg.preprocess import PreprocessConfig, preprocess_record
-from toy_ecg import toy_signals
 
 TEXT_DIM = 16
 QUERIES = ["atrial fibrillation", "left bundle branch block", "normal sinus rhythm"]

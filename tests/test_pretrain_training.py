@@ -24,13 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from toy_ecg import toy_signals
 
 from supreme_ecg.model import load_checkpoint
 from supreme_ecg.preprocess import signal_array
 from supreme_ecg.pretrain import CHECKPOINT, PretrainConfig, pretrain, resolve_precision
 from supreme_ecg.pretrain.loop import micro_batch
 from supreme_ecg.pretrain.outputs import STEP_STATE
-from toy_ecg import toy_signals
 
 LABELS, FREQS = ["afib", "avb", "ste"], [3.0, 7.0, 13.0]
 N_TRAIN, N_VAL, LENGTH, FS = 96, 32, 500, 250

@@ -18,16 +18,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from toy_ecg import toy_signals
 
 from supreme_ecg import catalogue
+from supreme_ecg.extract.standardise import DEFAULT_MERGE_THRESHOLD, modifier_conflict
 from supreme_ecg.model import TextEncoder, load_checkpoint, random_init_checkpoint, save_checkpoint
 from supreme_ecg.preprocess import signal_array
-from supreme_ecg.extract.standardise import DEFAULT_MERGE_THRESHOLD, modifier_conflict
 from supreme_ecg.pretrain import (
-    CHECKPOINT, IN_PROGRESS, METRICS_COLUMNS, PretrainConfig, QueryBank, label_phrasings, macro_auc, masked_bce,
-    pretrain, read_label_table,
+    CHECKPOINT,
+    IN_PROGRESS,
+    METRICS_COLUMNS,
+    PretrainConfig,
+    QueryBank,
+    label_phrasings,
+    macro_auc,
+    masked_bce,
+    pretrain,
+    read_label_table,
 )
-from toy_ecg import toy_signals
 from supreme_ecg.zeroshot import SUMMARY_COLUMNS, evaluate_task, measure_seen, summarise, training_vocabulary
 
 LABELS = ["atrial_fibrillation", "first_degree_av_block", "st_elevation", "left_bundle_branch_block"]

@@ -8,6 +8,8 @@ is left as it is, for schema validation to report.
 
 from __future__ import annotations
 
+import contextlib
+
 import yaml
 
 _TYPES = {"integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
@@ -27,10 +29,8 @@ def _parsed(value: str, kinds: list[str]):
     except yaml.YAMLError:
         return value
     if "number" in kinds and isinstance(parsed, str):
-        try:
+        with contextlib.suppress(ValueError):
             parsed = float(parsed)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        except ValueError:
-            pass
     for kind in kinds:
         wanted = _TYPES.get(kind)
         if wanted and isinstance(parsed, wanted) and not (kind in ("integer", "number") and isinstance(parsed, bool)):

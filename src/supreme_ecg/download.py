@@ -586,8 +586,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_cli(a: argparse.Namespace) -> DownloadReport:
     """Dispatch parsed arguments to the right function."""
-    net = dict(jobs=a.jobs, retries=a.retries, backoff=a.backoff, timeout=a.timeout,
-               progress=not a.no_progress)
+    net = {"jobs": a.jobs, "retries": a.retries, "backoff": a.backoff, "timeout": a.timeout,
+               "progress": not a.no_progress}
     if a.dataset == "merl":
         if a.source == "local":
             return _verify_merl_local(a.dest)

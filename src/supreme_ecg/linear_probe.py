@@ -31,7 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from supreme_ecg.bootstrap import (
-    LEVEL, N_RESAMPLES, SEED, average_over_tasks, bootstrap_aucs, column_aucs, samples_table,
+    LEVEL,
+    N_RESAMPLES,
+    SEED,
+    average_over_tasks,
+    bootstrap_aucs,
+    column_aucs,
+    samples_table,
     write_bootstrap_samples,
 )
 from supreme_ecg.settings import usable_threads

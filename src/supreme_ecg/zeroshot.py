@@ -23,18 +23,27 @@ import pyarrow.parquet as pq
 import torch
 from sklearn.metrics import roc_auc_score
 
-from supreme_ecg import catalogue
 from supreme_ecg.bootstrap import (
-    LEVEL, N_RESAMPLES, SEED, average_over_tasks, bootstrap_aucs, samples_table, write_bootstrap_samples,
-)
-from supreme_ecg.extract.standardise import (
-    DEFAULT_MERGE_THRESHOLD, cosine_matrix, is_seen, normalise_surface, order_key,
+    LEVEL,
+    N_RESAMPLES,
+    SEED,
+    average_over_tasks,
+    bootstrap_aucs,
+    samples_table,
+    write_bootstrap_samples,
 )
 from supreme_ecg.datasets import task_classes
-from supreme_ecg.settings import usable_threads
+from supreme_ecg.extract.standardise import (
+    DEFAULT_MERGE_THRESHOLD,
+    cosine_matrix,
+    is_seen,
+    normalise_surface,
+    order_key,
+)
 from supreme_ecg.model import TextEncoder, load_checkpoint, model_from_checkpoint
 from supreme_ecg.pretrain import read_label_vocabulary, resolve_device
 from supreme_ecg.pretrain.shards import iter_wanted_signals
+from supreme_ecg.settings import usable_threads
 
 log = logging.getLogger("supreme_ecg")
 

@@ -18,7 +18,7 @@ SPLIT_SEED = 42
 N_REPORT_FIELDS = 18
 REPORT_COLUMNS = tuple(f"report_{k}" for k in range(N_REPORT_FIELDS))
 #: PTB-XL ``strat_fold`` → split (the benchmark's rule).
-PTBXL_FOLD_SPLIT = {**{fold: "train" for fold in range(1, 9)}, 9: "val", 10: "test"}
+PTBXL_FOLD_SPLIT = {**dict.fromkeys(range(1, 9), "train"), 9: "val", 10: "test"}
 
 
 # --------------------------------------------------------------------------- MIMIC-IV-ECG
@@ -106,10 +106,10 @@ def random_split(record_ids, seed: int = SPLIT_SEED) -> dict[str, str]:
 
     ids = sorted(record_ids)
     if len(ids) < 5:
-        return {i: "train" for i in ids}
+        return dict.fromkeys(ids, "train")
     train, test = train_test_split(ids, test_size=0.2, random_state=seed)
     train, val = train_test_split(train, test_size=0.1, random_state=seed)
-    return {**{i: "train" for i in train}, **{i: "val" for i in val}, **{i: "test" for i in test}}
+    return {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
 
 
 def index_cinc(root, dataset: str) -> pd.DataFrame:

@@ -20,15 +20,11 @@ from supreme_ecg import catalogue, datasets, formats
 from supreme_ecg.demo.plan import (  # MAX_FINDINGS, MIN_TEST_POSITIVES, RHYTHMS, knob_groups: re-exported
     DEFECT_KINDS,
     FS,
-    MAX_FINDINGS,
     MIMIC_MIN_POSITIVES,
-    MIN_TEST_POSITIVES,
     NO_P_RHYTHMS,
-    RHYTHMS,
     Plan,
     add_variants,
     apply_defect,
-    knob_groups,
     min_positives_for_test,
     pick_defects,
     plan_conditions,
@@ -40,7 +36,6 @@ from supreme_ecg.demo.plan import (  # MAX_FINDINGS, MIN_TEST_POSITIVES, RHYTHMS
 )
 from supreme_ecg.demo.reports import (  # mention_pattern: re-exported
     dx_codes,
-    mention_pattern,
     mimic_statements,
     ptbxl_report,
     scp_codes,

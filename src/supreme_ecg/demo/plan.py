@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +89,7 @@ def findings() -> list[str]:
     return [cid for cid in renderable() if cid not in RHYTHMS and cid != "normal_ecg"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def knob_groups(cid: str) -> frozenset[str]:
     """Knob groups a concept sets, including those of the concept it implies."""
     knobs = set(renderable()[cid].render)

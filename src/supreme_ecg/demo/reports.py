@@ -9,7 +9,7 @@ German/Swedish and English phrases; ``scp_codes`` and CinC ``#Dx`` codes come fr
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -45,12 +45,7 @@ MIMIC_STYLE = {"paced_stop": 0.5, "implied_said": 0.3, "no_verdict": 0.05, "uppe
                "rhythm_period": 0.1, "lead_line": 0.5, "lead_line_any": 0.01,
                "ectopy_otherwise_normal": 0.3}
 MARKED_BRADY_BPM = 40.0
-_ENGLISH_EXTRA = """with rapid ventricular response marked complete 1st 2nd a-v pr mobitz wenckebach leftward rightward
-criteria for are voltages mitrale pulmonale overload segments depressed changes and non-specific inverted negative flat
-flattening long prolongation infarct mi old age undetermined - anteroseptal ischemia ischemic in leads anterolateral
-inferolateral contractions complex extrasystoles ectopic paroxysmal electronic pacemaker preexcitation pre-excitation
-parkinson white wolff within limits no definite pathology ekg irregularity abnormal repolarisation benign frontal
-horizontal the a fib aflutter a-fib a-flutter disturbance hemiblock af lbbb rbbb lvh elevations depressions""".split()
+_ENGLISH_EXTRA = ["with", "rapid", "ventricular", "response", "marked", "complete", "1st", "2nd", "a-v", "pr", "mobitz", "wenckebach", "leftward", "rightward", "criteria", "for", "are", "voltages", "mitrale", "pulmonale", "overload", "segments", "depressed", "changes", "and", "non-specific", "inverted", "negative", "flat", "flattening", "long", "prolongation", "infarct", "mi", "old", "age", "undetermined", "-", "anteroseptal", "ischemia", "ischemic", "in", "leads", "anterolateral", "inferolateral", "contractions", "complex", "extrasystoles", "ectopic", "paroxysmal", "electronic", "pacemaker", "preexcitation", "pre-excitation", "parkinson", "white", "wolff", "within", "limits", "no", "definite", "pathology", "ekg", "irregularity", "abnormal", "repolarisation", "benign", "frontal", "horizontal", "the", "a", "fib", "aflutter", "a-fib", "a-flutter", "disturbance", "hemiblock", "af", "lbbb", "rbbb", "lvh", "elevations", "depressions"]
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -73,7 +68,7 @@ def _phrase_kind(synonym: str) -> str:
     return "en" if all(t in _english_vocab() for t in tokens) and tokens[0] != "consider" else "foreign"
 
 
-@lru_cache(maxsize=None)
+@cache
 def phrases(cid: str) -> dict[str, tuple[str, ...]]:
     """A concept's synonyms by kind: ``en``, ``abbr``, ``foreign``."""
     out: dict[str, list[str]] = {"en": [], "abbr": [], "foreign": []}
@@ -82,7 +77,7 @@ def phrases(cid: str) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def mention_pattern(cids: tuple[str, ...]) -> re.Pattern | None:
     """Case-insensitive word-boundary regex of every synonym, mention and name of ``cids`` (None if empty)."""
     terms = {s.lower() for cid in cids

@@ -76,7 +76,7 @@ class Entity:
     severity: str = ""
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Entity":
+    def from_dict(cls, d: dict) -> Entity:
         """From a cached entity dict (``leads`` stored as a list)."""
         return cls(**{**d, "leads": tuple(d.get("leads") or ())})
 

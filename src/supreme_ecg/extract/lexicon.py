@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from supreme_ecg.extract.answers import Answer, validate_answer
-from supreme_ecg.extract.glossary import Term, fold, matcher, rules_version
+from supreme_ecg.extract.glossary import fold, matcher, rules_version
 from supreme_ecg.extract.statements import is_noise, normalise_statement, split_statements
 
 _LEAD = r"(?:avr|avl|avf|v[1-9]r?|iii|ii|i)"
@@ -37,8 +37,7 @@ _LEADS = re.compile(
 _ITEMS = re.compile(rf"{_LEAD}(?:\s*-\s*v?[1-9](?!\d))?|[1-9]")
 _PLURAL = re.compile(r"\((?:s|es|n|en|er|a|e)\)")
 _EDGE_WORDS = frozenset(
-    "the a an is are was were in of at to for also these this there which that it its by as on from seen noted "
-    "present findings finding evidence persist persists some".split()
+    ["the", "a", "an", "is", "are", "was", "were", "in", "of", "at", "to", "for", "also", "these", "this", "there", "which", "that", "it", "its", "by", "as", "on", "from", "seen", "noted", "present", "findings", "finding", "evidence", "persist", "persists", "some"]
 )
 _COORDINATION = frozenset({"and", "or", "and/or", "/", "&", "+", "und", "oder", "sowie", "bzw.", "och", "eller"})
 CONTENT = ("findings", "modifiers", "words", "text")
@@ -110,9 +109,9 @@ def _lead_spans(folded: str) -> list[_Token]:
     found = []
     for m in _LEADS.finditer(folded):
         items = _ITEMS.findall(m["list"])
-        if m["prefix"] or len(items) > 1 or not re.fullmatch(r"i{1,3}", items[0].strip()):
-            if items and not items[0].strip().isdigit():
-                found.append(_Token("leads", _expand_leads(m["list"]), m.start(), m.end()))
+        named = m["prefix"] or len(items) > 1 or not re.fullmatch(r"i{1,3}", items[0].strip())
+        if named and items and not items[0].strip().isdigit():
+            found.append(_Token("leads", _expand_leads(m["list"]), m.start(), m.end()))
     return found
 
 
@@ -279,8 +278,7 @@ def _borrow_heads(phrases: list[_Phrase], names: list[str]) -> list[str]:
     return out
 
 
-_REGION_WORDS = frozenset("high inferior anterior lateral septal posterior apical anteroseptal anterolateral "
-                          "inferolateral inferoposterior posterolateral".split())
+_REGION_WORDS = frozenset(["high", "inferior", "anterior", "lateral", "septal", "posterior", "apical", "anteroseptal", "anterolateral", "inferolateral", "inferoposterior", "posterolateral"])
 
 
 def _is_region(ph: _Phrase) -> bool:
@@ -318,8 +316,7 @@ def _distribute_regions(phrases: list[_Phrase]) -> list[_Phrase]:
     return phrases
 
 
-_PREDICATES = frozenset("inverted flat low tall negative biphasic peaked notched flattened abnormal prolonged wide "
-                        "short deep prominent borderline".split())
+_PREDICATES = frozenset(["inverted", "flat", "low", "tall", "negative", "biphasic", "peaked", "notched", "flattened", "abnormal", "prolonged", "wide", "short", "deep", "prominent", "borderline"])
 
 
 def _front_predicates(phrases: list[_Phrase]) -> list[_Phrase]:
@@ -350,7 +347,7 @@ def _attach_trailing_modifiers(phrases: list[_Phrase]) -> list[_Phrase]:
     return out
 
 
-_BARE = frozenset("inverted flat low tall negative biphasic peaked positive notched isoelectric flattened".split())
+_BARE = frozenset(["inverted", "flat", "low", "tall", "negative", "biphasic", "peaked", "positive", "notched", "isoelectric", "flattened"])
 _T_WAVE = re.compile(r"\bt(?: |-)?waves?\b|^t \w+$|\bt wave")
 
 
@@ -443,7 +440,7 @@ class LexiconBackend:
         obj = {"entities": [e for s in split_statements(unit) for e in statement_entities(s)]}
         try:
             entities = validate_answer(obj, unit)
-        except Exception as exc:  # noqa: BLE001 - never fails: a rule bug becomes an empty answer
+        except Exception as exc:
             obj, entities = {"entities": [], "rule_error": str(exc)}, []
         return Answer(json.dumps(obj, ensure_ascii=False), entities, time.perf_counter() - t0)
 

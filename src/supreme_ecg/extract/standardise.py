@@ -80,8 +80,7 @@ _group("location", "anterior inferior lateral posterior septal apical superior b
 _group("degree", "first second third")
 _group("roman", "i ii iii iv")
 _group("completeness", {"incomplete": "incomplete", "partial": "incomplete"})
-_group("site", {**{t: t for t in "atrial ventricular supraventricular junctional sinus fascicular bifascicular "
-                  "trifascicular biatrial biventricular".split()}, "nodal": "junctional", "atrium": "atrial",
+_group("site", {**{t: t for t in ["atrial", "ventricular", "supraventricular", "junctional", "sinus", "fascicular", "bifascicular", "trifascicular", "biatrial", "biventricular"]}, "nodal": "junctional", "atrium": "atrial",
                 "atria": "atrial", "ventricle": "ventricular"})
 _group("node", {"av": "av", "atrioventricular": "av", "sa": "sa", "sinoatrial": "sa"})
 _group("direction", {"elevation": "up", "elevated": "up", "depression": "down", "depressed": "down"})
@@ -103,7 +102,7 @@ _group("timing", {"premature": "early", "early": "early", "escape": "late", "lat
 _group("shape", {"inversion": "inv", "inverted": "inv", "negative": "inv", "flat": "flat",
                  "flattened": "flat", "flattening": "flat", "peaked": "peak", "biphasic": "biphasic",
                  "notched": "notch", "notching": "notch", "upright": "up"})
-_group("wave", {**{t: t for t in "p q r s t u j qrs st pr qt rr delta".split()}, "qtc": "qt"})
+_group("wave", {**{t: t for t in ["p", "q", "r", "s", "t", "u", "j", "qrs", "st", "pr", "qt", "rr", "delta"]}, "qtc": "qt"})
 _group("leads", {"limb": "limb", "extremity": "limb", "precordial": "chest", "chest": "chest"})
 _group("normality", "normal abnormal borderline", optional=True)
 _group("number", {})  # filled per phrase: tokens with a digit ("2:1", "v1") must match exactly
@@ -149,10 +148,7 @@ def _signature(phrase: str) -> tuple[tuple[str, frozenset], ...]:
 
 def _conflict_sig(sa, sb) -> bool:
     """True when two signatures differ in a contrastive group."""
-    for (name, va), (_, vb) in zip(sa, sb):
-        if va != vb and not (_GROUPS[name][1] and not (va and vb)):
-            return True
-    return False
+    return any(va != vb and not (_GROUPS[name][1] and not (va and vb)) for (name, va), (_, vb) in zip(sa, sb))
 
 
 def modifier_conflict(a: str, b: str) -> bool:

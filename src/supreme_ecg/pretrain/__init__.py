@@ -27,15 +27,42 @@ from pathlib import Path
 import torch
 
 from supreme_ecg.model import TextEncoder, build_model, default_model_config, save_checkpoint
-from supreme_ecg.settings import usable_threads
-from supreme_ecg.pretrain.config import CHECKPOINT, IN_PROGRESS, METRICS_COLUMNS, RUNTIME_FIELDS, SPLIT_COLUMN, PretrainConfig
-from supreme_ecg.pretrain.data import _Data
-from supreme_ecg.pretrain.labels import LabelTable, QueryBank, label_phrasings, read_label_table, read_label_vocabulary
-from supreme_ecg.pretrain.loop import (
-    Dist, Trainer, compute_pos_weight, lr_at, macro_auc, masked_bce, resolve_device, resolve_precision,
+from supreme_ecg.pretrain.config import (
+    CHECKPOINT,
+    IN_PROGRESS,
+    METRICS_COLUMNS,
+    RUNTIME_FIELDS,
+    SPLIT_COLUMN,
+    PretrainConfig,
 )
-from supreme_ecg.pretrain.outputs import _checkpoint, _find_resume, plot_curve, save_state, state_folder, write_metrics
+from supreme_ecg.pretrain.data import _Data
+from supreme_ecg.pretrain.labels import (
+    LabelTable,
+    QueryBank,
+    label_phrasings,
+    read_label_table,
+    read_label_vocabulary,
+)
+from supreme_ecg.pretrain.loop import (
+    Dist,
+    Trainer,
+    compute_pos_weight,
+    lr_at,
+    macro_auc,
+    masked_bce,
+    resolve_device,
+    resolve_precision,
+)
+from supreme_ecg.pretrain.outputs import (
+    _checkpoint,
+    _find_resume,
+    plot_curve,
+    save_state,
+    state_folder,
+    write_metrics,
+)
 from supreme_ecg.pretrain.shards import hash_fraction, iter_row_groups, n_samples_of, read_row_group
+from supreme_ecg.settings import usable_threads
 
 __all__ = [  # the stage, and what the zero-shot stage, the CLI and the tests use of its modules
     "CHECKPOINT", "IN_PROGRESS", "METRICS_COLUMNS", "RUNTIME_FIELDS", "SPLIT_COLUMN", "LabelTable", "PretrainConfig",
@@ -46,7 +73,7 @@ __all__ = [  # the stage, and what the zero-shot stage, the CLI and the tests us
 log = logging.getLogger("supreme_ecg.pretrain")
 
 
-def pretrain(shard_paths, labels_path, vocabulary_path, out_dir, cfg: PretrainConfig = PretrainConfig(),
+def pretrain(shard_paths, labels_path, vocabulary_path, out_dir, cfg: PretrainConfig | None = None,
              text_encoder: TextEncoder | None = None, on_epoch_end=None, on_step=None) -> dict:
     """Pre-train and write ``checkpoint.pt``, ``metrics.parquet``, ``training_curve.png``; return a summary.
 
@@ -54,6 +81,7 @@ def pretrain(shard_paths, labels_path, vocabulary_path, out_dir, cfg: PretrainCo
     ``encode``); ``on_epoch_end(row)`` is called after each epoch's checkpoint is saved, ``on_step(step)``
     after each optimizer step. Under torchrun every rank calls this; rank 0 writes.
     """
+    cfg = cfg or PretrainConfig()
     ctx = Dist.from_env()
     device = resolve_device(cfg.device, ctx.local_rank if ctx.on else None)
     ctx.start(device)

@@ -60,7 +60,7 @@ class PretrainConfig:
     loader_workers: int = 2
 
     @classmethod
-    def from_mapping(cls, values: dict) -> "PretrainConfig":
+    def from_mapping(cls, values: dict) -> PretrainConfig:
         """Build from a config mapping; unknown keys raise ``ValueError``."""
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:

@@ -36,8 +36,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 MODES = ("valid", "broken_json", "schema_violation", "inject", "invent", "error_500", "slow", "drop")
 Script = dict[str, "str | list[str]"] | Callable[[str, int], str]
@@ -81,7 +81,7 @@ class FakeLLMServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "FakeLLMServer":
+    def start(self) -> FakeLLMServer:
         """Bind 127.0.0.1 on a free port and serve in a daemon thread."""
         from supreme_ecg.extract.lexicon import LexiconBackend
 
@@ -103,7 +103,7 @@ class FakeLLMServer:
             self._thread.join(5)
             self._httpd = None
 
-    def __enter__(self) -> "FakeLLMServer":
+    def __enter__(self) -> FakeLLMServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
