@@ -13,6 +13,7 @@ import pytest
 
 from supreme_ecg import catalogue, datasets, formats
 from supreme_ecg.demo import corpus
+from supreme_ecg.demo import plan as plan_module
 from supreme_ecg.demo import reports as demo_reports
 from supreme_ecg.demo.conditions import conditions, conditions_version
 from supreme_ecg.leads import CANONICAL_LEADS, MIMIC_LEAD_ORDER, reorder_by_name
@@ -90,7 +91,7 @@ def test_lead_names_and_order_per_set(demo, manifests):
 
 def test_pretraining_reports_never_name_unseen_concepts(demo, manifests):
     root, counts, truth = demo
-    pattern = corpus.mention_pattern(tuple(sorted(corpus.UNSEEN_DEFAULT)))
+    pattern = demo_reports.mention_pattern(tuple(sorted(corpus.UNSEEN_DEFAULT)))
     raw = pd.read_csv(root / "mimic-iv-ecg" / "machine_measurements.csv")[list(datasets.REPORT_COLUMNS)]
     statements = [s for s in raw.to_numpy().ravel() if isinstance(s, str)]
     assert statements and not [s for s in statements if pattern.search(s)]
@@ -121,9 +122,9 @@ def test_condition_plans_respect_the_rules():
     rng = np.random.default_rng(0)
     plans = corpus.plan_conditions(600, rng, 30)  # a CinC set at its default size
     for plan in plans:
-        assert sum(c in corpus.RHYTHMS for c in plan.rendered) == 1 and plan.rendered[0] in corpus.RHYTHMS
-        assert len(plan.rendered) <= 1 + corpus.MAX_FINDINGS
-        groups = [g for c in plan.rendered for g in corpus.knob_groups(c)]
+        assert sum(c in plan_module.RHYTHMS for c in plan.rendered) == 1 and plan.rendered[0] in plan_module.RHYTHMS
+        assert len(plan.rendered) <= 1 + plan_module.MAX_FINDINGS
+        groups = [g for c in plan.rendered for g in plan_module.knob_groups(c)]
         assert len(groups) == len(set(groups)), plan.rendered
         assert ("normal_ecg" in plan.concepts) == (plan.rendered == ["sinus_rhythm"])
     counts = pd.Series([c for p in plans for c in p.concepts]).value_counts()
@@ -140,7 +141,7 @@ def _test_positives(concepts, splits) -> pd.Series:
 
 
 def test_downstream_quota_covers_the_test_share():
-    assert corpus.MIN_TEST_POSITIVES == 6
+    assert plan_module.MIN_TEST_POSITIVES == 6
     assert corpus.min_positives_for_test(np.arange(1200) % 10 == 9) == 60  # PTB-XL: fold 10 of 10
     assert corpus.min_positives_for_test(np.arange(600) < 120) == 30  # CinC: 20 % test
     assert corpus.min_positives_for_test(np.arange(7) < 2) == 21  # rounded up
@@ -154,7 +155,7 @@ def test_stratify_fills_the_test_split_where_rounding_leaves_fewer(seed):
     plans = corpus.plan_conditions(600, rng, corpus.min_positives_for_test(groups == "test"))
     out = corpus.stratify(plans, groups, rng, test_group="test")
     assert sorted(map(id, out)) == sorted(map(id, plans))  # the same plans, reordered
-    assert _test_positives([p.concepts for p in out], groups).min() >= corpus.MIN_TEST_POSITIVES
+    assert _test_positives([p.concepts for p in out], groups).min() >= plan_module.MIN_TEST_POSITIVES
     in_val = pd.Series([c for p, g in zip(out, groups) if g == "val" for c in p.concepts]).value_counts()
     assert in_val.reindex(list(corpus.renderable()), fill_value=0).min() >= 1
 
@@ -187,7 +188,7 @@ def test_default_demo_has_six_test_positives_per_concept(dataset, size):
         split = datasets.random_split([f"{dataset}/{name}" for name in names])
         assert list(splits) == [split[f"{dataset}/{name}"] for name in names]
     positives = _test_positives([p.concepts for p in plans], splits)
-    assert positives.min() >= corpus.MIN_TEST_POSITIVES, positives[positives < corpus.MIN_TEST_POSITIVES].to_dict()
+    assert positives.min() >= plan_module.MIN_TEST_POSITIVES, positives[positives < plan_module.MIN_TEST_POSITIVES].to_dict()
 
 
 def test_default_csn_set_has_six_test_positives_per_concept_and_class(tmp_path):
@@ -386,7 +387,7 @@ def test_pretraining_statements_are_real_mimic_wording(mimic_reports):
 def test_pretraining_reports_never_name_unseen_conditions_at_scale(monkeypatch):
     monkeypatch.setattr(demo_reports, "_guard_unseen", lambda lines, unseen: lines)  # the wording itself must not
     plans, reports = _reports(3000, seed=11)
-    pattern = corpus.mention_pattern(tuple(sorted(corpus.UNSEEN_DEFAULT)))
+    pattern = demo_reports.mention_pattern(tuple(sorted(corpus.UNSEEN_DEFAULT)))
     rendered = {c for p in plans for c in p.concepts}
     assert set(corpus.UNSEEN_DEFAULT) <= rendered
     assert not [s for r in reports for s in r if pattern.search(s)]

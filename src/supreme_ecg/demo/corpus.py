@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from supreme_ecg import catalogue, datasets, formats
-from supreme_ecg.demo.plan import (  # MAX_FINDINGS, MIN_TEST_POSITIVES, RHYTHMS, knob_groups: re-exported
+from supreme_ecg.demo.plan import (
     DEFECT_KINDS,
     FS,
     MIMIC_MIN_POSITIVES,
@@ -34,7 +34,7 @@ from supreme_ecg.demo.plan import (  # MAX_FINDINGS, MIN_TEST_POSITIVES, RHYTHMS
     stratify,
     truncate_file,
 )
-from supreme_ecg.demo.reports import (  # mention_pattern: re-exported
+from supreme_ecg.demo.reports import (
     dx_codes,
     mimic_statements,
     ptbxl_report,
