@@ -36,13 +36,16 @@ def _regex(names):
 
 def _jobs_use_this_python():
     """Jobs run `python`/`torchrun` from the environment running Snakemake (so `.venv/bin/snakemake`
-    needs no activated environment): its bin folder goes first on the jobs' PATH. Not under
-    `--sdm conda`, where each rule's environment provides them."""
+    needs no activated environment): its bin folder goes first on the jobs' PATH. Under `--sdm conda`
+    each rule's environment provides them, but not the package: this checkout's `src/` goes first on
+    the jobs' PYTHONPATH (`{{ }}`: Snakemake formats the prefix)."""
     settings = workflow.deployment_settings
     if settings is not None and DeploymentMethod.CONDA in settings.deployment_method:
-        return
-    bin_dir = os.path.dirname(sys.executable)
-    shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(bin_dir)}:"$PATH"; ')
+        src = shlex.quote(SRC_DIR)
+        export = f"PYTHONPATH={src}" + '"${{PYTHONPATH:+:$PYTHONPATH}}"'
+    else:
+        export = f'PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"'
+    shell.prefix(f"set -euo pipefail; export {export}; ")
 
 
 _jobs_use_this_python()
