@@ -37,7 +37,7 @@ N_TRAIN, N_VAL, LENGTH, FS = 96, 32, 500, 250
 # 96 train records / global batch 16 = 6 steps per epoch
 CFG = PretrainConfig(epochs=2, batch_size=16, lr=3e-3, warmup_steps=2, width=16, n_heads=2, dropout=0.0, seed=3,
                      threads=1, device="cpu", query_members=False, pos_weight=True, checkpoint_every_steps=0,
-                     log_every_steps=2)  # the CPU on any machine: DDP with gloo, deterministic
+                     log_every_steps=2, downsample=1)  # the CPU on any machine: DDP with gloo, deterministic
 # One process of the comparisons: the toy set, a hashed text encoder (no model download), pretrain().
 DRIVER = '''
 import hashlib, json, sys, time

@@ -49,7 +49,7 @@ FREQS = [3.0, 7.0, 13.0, 23.0]
 N_LABELLED, N_UNLABELLED, LENGTH, FS = 200, 10, 1000, 500
 N_UNKNOWN = 12  # label entries left unknown (-1): masked in the loss and in the metrics
 CFG = PretrainConfig(epochs=10, batch_size=16, lr=5e-3, warmup_steps=10, width=32, n_heads=2, dropout=0.0,
-                     val_fraction=0.2, seed=0, threads=2, query_members=False,
+                     val_fraction=0.2, seed=0, threads=2, query_members=False, pos_weight=False, downsample=1,
                      state_dir=tempfile.mkdtemp(prefix="supreme_pretrain_state_"))  # not the repo's cache/
 
 

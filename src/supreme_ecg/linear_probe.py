@@ -40,6 +40,7 @@ from supreme_ecg.bootstrap import (
     samples_table,
     write_bootstrap_samples,
 )
+from supreme_ecg.config_schema import schema_defaults
 from supreme_ecg.settings import usable_threads
 
 log = logging.getLogger("supreme_ecg")
@@ -55,15 +56,20 @@ SUMMARY_COLUMNS = ["task", "fraction", "n_classes", "macro_auc", "ci_low", "ci_h
                    "n_train_used", "n_train", "n_val", "n_test", "n_resamples", "n_redraws", "status"]
 
 
+#: the config schema's ``linear_probe`` defaults: ProbeConfig's and the seeds (one source for Python and Snakemake)
+_DEFAULTS = schema_defaults("linear_probe")
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Settings of the probe head (config ``linear_probe``; MERL's probe: Adam 1e-3, weight decay 1e-4)."""
+    """Settings of the probe head; defaults: the config schema's ``linear_probe`` (MERL's probe: Adam 1e-3,
+    weight decay 1e-4)."""
 
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    max_epochs: int = 100
-    patience: int = 10
-    batch_size: int = 64
+    lr: float = _DEFAULTS["lr"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    max_epochs: int = _DEFAULTS["max_epochs"]
+    patience: int = _DEFAULTS["patience"]
+    batch_size: int = _DEFAULTS["batch_size"]
 
 
 # --------------------------------------------------------------------------- features
@@ -244,8 +250,9 @@ def _split_arrays(features_path, encoder: str, labels: pd.DataFrame, class_names
 
 
 def run_linear_probe(task: str, features_path, task_labels_path, percent: float, out_dir,
-                     seeds=(0, 1, 2), cfg: ProbeConfig = ProbeConfig(), n_resamples: int = N_RESAMPLES,
-                     bootstrap_seed: int = SEED, level: float = LEVEL, encoders=ENCODERS) -> dict:
+                     seeds=tuple(_DEFAULTS["seeds"]), cfg: ProbeConfig = ProbeConfig(),
+                     n_resamples: int = N_RESAMPLES, bootstrap_seed: int = SEED, level: float = LEVEL,
+                     encoders=ENCODERS) -> dict:
     """Probe one task with ``percent`` % of its training labels → ``per_class.parquet``, ``probe.json``.
 
     Below 100 % the subset and the head are drawn once per seed (the subset differs per seed); at 100 %

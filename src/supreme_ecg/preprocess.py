@@ -23,8 +23,11 @@ import pyarrow.parquet as pq
 from scipy.signal import resample_poly
 
 from supreme_ecg import formats
+from supreme_ecg.config_schema import schema_defaults
 from supreme_ecg.leads import CANONICAL_LEADS, MissingLeadsError, reorder_by_name
 
+#: the config schema's ``preprocess`` defaults: PreprocessConfig's and the signal codec
+_DEFAULTS = schema_defaults("preprocess")
 REQUIRED_MANIFEST_COLUMNS = ("record_id", "dataset", "source_path")
 #: Signal bytes per Parquet row group (34 records of 12 x 5000 float32). Small enough that a row
 #: group's buffers stay in the last-level cache while the writer copies them into pages and the
@@ -156,15 +159,16 @@ def normalise(signal: np.ndarray, method: str = "minmax_global") -> np.ndarray:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Settings of the preprocess stage."""
+    """Settings of the preprocess stage; defaults: the config schema's ``preprocess`` (but the flat-lead
+    threshold, which is no config setting)."""
 
-    fs: float = 500
-    n_samples: int = 5000
-    length_policy: str = "crop_or_pad"
-    max_nonfinite_fraction: float = 0.1
-    normalisation: str = "minmax_global"
+    fs: float = _DEFAULTS["fs"]
+    n_samples: int = _DEFAULTS["n_samples"]
+    length_policy: str = _DEFAULTS["length_policy"]
+    max_nonfinite_fraction: float = _DEFAULTS["max_nonfinite_fraction"]
+    normalisation: str = _DEFAULTS["normalisation"]
     flat_threshold_mv: float = 1e-6
-    signal_dtype: str = "float32"
+    signal_dtype: str = _DEFAULTS["signal_dtype"]
 
     def __post_init__(self):
         """Fail fast on unknown policy/method names and storage dtypes."""
@@ -352,7 +356,8 @@ def _process_row(row: dict, cfg: PreprocessConfig, root, out: np.ndarray | None 
 #: about 60 % with snappy, which costs about as much CPU as everything else per record (and again
 #: on every read in pre-training), so the signal is stored uncompressed, without dictionary or
 #: statistics; the other columns keep pyarrow's defaults (snappy, dictionary, statistics).
-SIGNAL_COMPRESSION = "none"
+#: The config schema's ``preprocess.signal_compression`` (none).
+SIGNAL_COMPRESSION = _DEFAULTS["signal_compression"]
 
 
 def _leaf_paths(schema: pa.Schema) -> list[str]:

@@ -32,6 +32,7 @@ from supreme_ecg.bootstrap import (
     samples_table,
     write_bootstrap_samples,
 )
+from supreme_ecg.config_schema import schema_defaults
 from supreme_ecg.datasets import task_classes
 from supreme_ecg.extract.standardise import (
     DEFAULT_MERGE_THRESHOLD,
@@ -47,6 +48,8 @@ from supreme_ecg.settings import usable_threads
 
 log = logging.getLogger("supreme_ecg")
 
+#: the config schema's ``zeroshot`` defaults: the splits scored, the seen threshold (null: derived)
+_DEFAULTS = schema_defaults("zeroshot")
 SUMMARY_COLUMNS = ["task", "n_classes", "n_classes_evaluated", "macro_auc", "ci_low", "ci_high",
                    "macro_auc_seen", "seen_ci_low", "seen_ci_high", "macro_auc_unseen", "unseen_ci_low",
                    "unseen_ci_high", "random_init_macro_auc", "random_init_ci_low", "random_init_ci_high",
@@ -222,16 +225,17 @@ def task_summary(per_class: pd.DataFrame, task: str | None = None, evaluation: d
 
 
 def evaluate_task(task, checkpoint_path, shard_paths, task_labels_path, vocabulary_path, out_dir,
-                  splits=("test",), text_encoder=None, batch_size: int = 64, device: str = "auto",
-                  threads: int | None = None, seen_threshold: float | None = None, baseline_checkpoint_path=None,
-                  n_resamples: int = N_RESAMPLES, bootstrap_seed: int = SEED, level: float = LEVEL) -> dict:
+                  splits=tuple(_DEFAULTS["splits"]), text_encoder=None, batch_size: int = 64, device: str = "auto",
+                  threads: int | None = None, seen_threshold: float | None = _DEFAULTS["seen_threshold"],
+                  baseline_checkpoint_path=None, n_resamples: int = N_RESAMPLES, bootstrap_seed: int = SEED,
+                  level: float = LEVEL) -> dict:
     """Zero-shot evaluation of one task → ``per_class.parquet``, ``scores.parquet``, ``bootstrap.parquet``,
     ``evaluation.json`` and ``auc_bars.png`` in ``out_dir``.
 
     The checkpoint is the ``pretrained`` encoder; ``baseline_checkpoint_path`` (optional) the
     ``random_init`` baseline, scored with the same queries, records and code. ``splits=None`` takes every
-    split (the default is the test split only); ``text_encoder`` (a name or an encoder) overrides the
-    checkpoint's; ``vocabulary_path`` (optional) is checked against the checkpoint's labels;
+    split (the default, the config schema's ``zeroshot.splits``, is the test split only); ``text_encoder``
+    (a name or an encoder) overrides the checkpoint's; ``vocabulary_path`` (optional) is checked against the checkpoint's labels;
     ``seen_threshold`` (default ``standardise.DEFAULT_MERGE_THRESHOLD``) is the cosine from which a class
     description counts as the same finding as a training label (see :func:`measure_seen`). Per-class and
     macro AUCs (all, seen, unseen) get bootstrap percentile intervals over the scored records.

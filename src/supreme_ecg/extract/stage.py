@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from supreme_ecg.config_schema import schema_defaults
 from supreme_ecg.extract import standardise
 from supreme_ecg.extract.answers import ANSWER_SCHEMA, Answer, Entity, answer_from_cached
 from supreme_ecg.extract.backends import ExtractionBackend, check_choice
@@ -43,6 +44,8 @@ MEMO_SIZE = 200_000  # answers kept in memory between manifest batches
 PROGRESS_EVERY_S = 5.0
 SCHEMA_FINGERPRINT = hashlib.sha256(json.dumps(ANSWER_SCHEMA, sort_keys=True).encode()).hexdigest()
 RANK = {"absent": 0, "uncertain": 1, "present": 2}
+#: the config schema's ``extract`` defaults: the stage's keyword defaults
+_DEFAULTS = schema_defaults("extract")
 
 
 def unit_key(backend: ExtractionBackend, unit: str) -> str:
@@ -375,8 +378,9 @@ def _write_quarantine(first: _FirstPass, failed: dict[str, str], backend: Extrac
     pq.write_table(pa.Table.from_pylist(rows, _quarantine_schema(first.id_type)), path)
 
 
-def extract_reports(manifest_path, out_dir, backend: ExtractionBackend, cache_path, unit: str = "statement",
-                    uncertain_policy: str = "positive", min_label_count: int = 10, batch_size: int = 1000,
+def extract_reports(manifest_path, out_dir, backend: ExtractionBackend, cache_path, unit: str = _DEFAULTS["unit"],
+                    uncertain_policy: str = _DEFAULTS["uncertain_policy"],
+                    min_label_count: int = _DEFAULTS["min_label_count"], batch_size: int = 1000,
                     text_encoder=None, merge_threshold: float | None = None) -> dict:  # fmt: skip
     """Run the stage on reports (Parquet or CSV with ``record_id``, ``report``); write its tables to ``out_dir``.
 

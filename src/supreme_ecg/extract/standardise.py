@@ -15,9 +15,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-# MiniLM cosine; chosen on the general ECG phrase pairs in tests/test_standardise.py: the highest
-# different-finding pair the guard lets through scored 0.762, so 0.80 merges none of them.
-DEFAULT_MERGE_THRESHOLD = 0.80
+from supreme_ecg.config_schema import schema_defaults
+
+# The config schema's extract.merge_threshold (0.80): a MiniLM cosine chosen on the general ECG phrase
+# pairs in tests/test_standardise.py: the highest different-finding pair the guard lets through scored
+# 0.762, so 0.80 merges none of them.
+DEFAULT_MERGE_THRESHOLD = schema_defaults("extract")["merge_threshold"]
 
 _ORDINALS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth"}
 _DEGREE = {"1": "first", "2": "second", "3": "third", "i": "first", "ii": "second", "iii": "third"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from supreme_ecg.model import MINILM_NAME
+from supreme_ecg.config_schema import schema_defaults
 
 CHECKPOINT = "checkpoint.pt"
 IN_PROGRESS = "checkpoint.in_progress.pt"
@@ -17,51 +17,53 @@ SPLIT_COLUMN = "pretrain_split"
 RUNTIME_FIELDS = ("epochs", "device", "threads", "resume", "precision", "compile", "grad_accum_steps", "gpus",
                   "checkpoint_every_steps", "state_dir", "log_every_steps", "loader_workers")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: the config schema's ``pretrain`` defaults: the field defaults below (one source for Python and Snakemake)
+_DEFAULTS = schema_defaults("pretrain")
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Settings of the pretrain stage."""
+    """Settings of the pretrain stage; every default but ``threads`` is the config schema's (``pretrain``)."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    pos_weight: bool = False
-    pos_weight_max: float = 50.0
-    val_fraction: float = 0.1
-    group_column: str = "record_id"
-    seed: int = 42
-    encoder: str = "cnn"
-    width: int = 96
-    n_heads: int = 4
-    dropout: float = 0.1
-    downsample: int = 1
-    text_encoder: str = MINILM_NAME
-    text_pooling: str | None = None
-    device: str = "auto"
-    threads: int = 2
-    resume: bool = True
-    query_members: bool = True
-    min_member_chars: int = 4
-    max_query_members: int = 16
-    max_in_memory_records: int = 50_000
-    shuffle_buffer: int = 2048
-    precision: str = "auto"  # auto: bf16 on a CUDA device that has it (else fp16), fp32 on the CPU
-    compile: bool = False  # torch.compile the model
-    grad_accum_steps: int = 1  # micro-steps per optimizer step; per-rank micro-batch = batch_size // (gpus * this)
-    gpus: int = 1  # processes under torchrun (the rule launches them when > 1)
-    checkpoint_every_steps: int = 200  # resume state every N optimizer steps too (0: at epoch ends only)
-    state_dir: str = "cache/pretrain"  # resume state, outside the declared outputs (survives reruns)
-    log_every_steps: int = 50  # progress line every N optimizer steps (and validation batches)
-    loader_workers: int = 2
+    epochs: int = _DEFAULTS["epochs"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    lr: float = _DEFAULTS["lr"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    warmup_steps: int = _DEFAULTS["warmup_steps"]
+    min_lr_ratio: float = _DEFAULTS["min_lr_ratio"]
+    max_grad_norm: float = _DEFAULTS["max_grad_norm"]
+    pos_weight: bool = _DEFAULTS["pos_weight"]
+    pos_weight_max: float = _DEFAULTS["pos_weight_max"]
+    val_fraction: float = _DEFAULTS["val_fraction"]
+    group_column: str = _DEFAULTS["group_column"]
+    seed: int = _DEFAULTS["seed"]
+    encoder: str = _DEFAULTS["encoder"]
+    width: int = _DEFAULTS["width"]
+    n_heads: int = _DEFAULTS["n_heads"]
+    dropout: float = _DEFAULTS["dropout"]
+    downsample: int = _DEFAULTS["downsample"]
+    text_encoder: str = _DEFAULTS["text_encoder"]
+    text_pooling: str | None = _DEFAULTS["text_pooling"]
+    device: str = _DEFAULTS["device"]
+    threads: int = 2  # runtime, not a config setting: the rule passes its threads
+    resume: bool = _DEFAULTS["resume"]
+    query_members: bool = _DEFAULTS["query_members"]
+    min_member_chars: int = _DEFAULTS["min_member_chars"]
+    max_query_members: int = _DEFAULTS["max_query_members"]
+    max_in_memory_records: int = _DEFAULTS["max_in_memory_records"]
+    shuffle_buffer: int = _DEFAULTS["shuffle_buffer"]
+    precision: str = _DEFAULTS["precision"]
+    compile: bool = _DEFAULTS["compile"]
+    grad_accum_steps: int = _DEFAULTS["grad_accum_steps"]
+    gpus: int = _DEFAULTS["gpus"]
+    checkpoint_every_steps: int = _DEFAULTS["checkpoint_every_steps"]
+    state_dir: str = _DEFAULTS["state_dir"]
+    log_every_steps: int = _DEFAULTS["log_every_steps"]
+    loader_workers: int = _DEFAULTS["loader_workers"]
 
     @classmethod
     def from_mapping(cls, values: dict) -> PretrainConfig:
-        """Build from a config mapping; unknown keys raise ``ValueError``."""
+        """Build from a config mapping (missing keys: the schema's defaults); unknown keys raise ``ValueError``."""
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown pretrain settings {sorted(unknown)}")
