@@ -1,7 +1,8 @@
 """SuPreME-style supervised multimodal ECG pre-training, from raw records to zero-shot AUCs.
 
 Stages (one rule file each under workflow/rules/, logic in the `supreme_ecg` package):
-data -> index -> preprocess -> extract -> pretrain -> labels -> zeroshot + linear probes -> summary.
+data -> index -> preprocess -> extract -> pretrain -> labels -> zeroshot + linear probes -> provenance
+-> summary.
 The pre-training corpus (data.pretrain_corpus: mimic, ptbxl or your own manifest) gives the reports
 the labels come from; the zero-shot tasks are the benchmark's (labels.tasks) and your own
 (labels.user_tasks). configs/real-fixtures.yaml runs the chain on the real records of ../shared.
@@ -42,6 +43,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/zeroshot.smk"
 include: "workflow/rules/linear_probe.smk"
+include: "workflow/rules/provenance.smk"
 
 
 rule all:
@@ -54,6 +56,7 @@ rule all:
         expand("results/preprocessed/{dataset}/summary.csv", dataset=DATASETS),
         "results/extract/label_vocabulary.parquet",
         "results/records.parquet",
+        "results/provenance.json",
 
 
 wildcard_constraints:

@@ -102,7 +102,8 @@ def test_rerun_pretrain_only_reruns_downstream(workflow_run):
     rows = text.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
     jobs = {row.split()[0] for row in rows} - {"total"}
     assert jobs == {"pretrain", "random_init_checkpoint", "zeroshot_task", "zeroshot_summary", "example_ecgs",
-                    "task_features", "linear_probe", "linear_probe_summary", "results_summary", "all"}, jobs
+                    "task_features", "linear_probe", "linear_probe_summary", "provenance", "results_summary",
+                    "all"}, jobs
 
 
 def _add_mimic_record(root: Path) -> str:
@@ -180,14 +181,30 @@ def test_jobs_run_with_the_python_that_runs_snakemake(tmp_path):
     assert (tmp_path / "data/demo/demo_truth.parquet").stat().st_size > 0
 
 
-def test_readme_ollama_example_passes_validation(tmp_path):
-    """The README's `--config extract="{…, concurrency: 8}"`: nested values typed by the schema."""
+def test_conda_jobs_import_the_package_from_this_checkout(tmp_path):
+    """Under `--sdm conda` the rules' environments do not install the package: the jobs' shell prefix puts
+    this checkout's src/ first on PYTHONPATH and leaves PATH (the environment's python) alone. With no
+    conda here to build the environments, the prefix is read from Snakemake after it parsed the workflow
+    with `--sdm conda`, and run before a Python that lacks the package (the system's, no PYTHONPATH).
+    (The README's commands, its `--config extract=...` example among them: test_readme_commands.py.)"""
     shutil.copy(REPO_ROOT / "config.yaml", tmp_path / "config.yaml")
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    readme = (REPO_ROOT / "README.md").read_text()
-    value = readme.split('--config extract="', 1)[1].split('"', 1)[0]
-    proc = _snakemake(tmp_path, "all", "-n", "--config", f"extract={value}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    read_prefix = ("import sys\nfrom snakemake.cli import main\nfrom snakemake.shell import shell\n"
+                   "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\nprint(shell._process_prefix)\n")
+    proc = subprocess.run([sys.executable, "-c", read_prefix, "--snakefile", str(REPO_ROOT / "Snakefile"),
+                           "--directory", str(tmp_path), "--sdm", "conda", "--list-rules"],
+                          capture_output=True, text=True, timeout=300)
+    prefix = proc.stdout.splitlines()[-1] if proc.stdout else ""
+    assert "export PYTHONPATH=" in prefix and str(Path(sys.executable).parent) not in prefix, proc.stderr[-3000:]
+    system = {"PATH": "/usr/bin:/bin"}
+    python = shutil.which("python3", path=system["PATH"])
+    has_package = python and subprocess.run([python, "-c", "import supreme_ecg"], env=system,
+                                            capture_output=True).returncode == 0
+    if python is None or has_package:
+        pytest.skip("no system python3 without the package to stand in for a rule's environment")
+    job = subprocess.run(["bash", "-c", f"{prefix}{python} -c 'import supreme_ecg; print(supreme_ecg.__file__)'"],
+                         env=system, capture_output=True, text=True, timeout=60)
+    assert job.returncode == 0, job.stderr
+    assert Path(job.stdout.strip()).resolve() == (REPO_ROOT / "src/supreme_ecg/__init__.py").resolve()
 
 
 def test_snakefiles_are_lint_and_snakefmt_clean():

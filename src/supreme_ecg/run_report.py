@@ -2,13 +2,16 @@
 
 * :func:`write_results_summary` — zero-shot and linear-probe macro AUCs (with intervals) of the
   pre-trained encoder and its random-init baseline per task, and the published figures beside them,
-  marked as copied from the papers (``resources/published.yaml``);
+  marked as copied from the papers (``resources/published.yaml``), and the run's provenance
+  (:func:`provenance_section`, from ``results/provenance.json``);
 * :func:`overview_rows` — the rows of the zero-shot vs probe vs baseline chart;
 * :func:`write_example_ecgs` — a figure of a few test ECGs with their true classes and top queries.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -62,9 +65,50 @@ def _published_cells(task: str, figures: list[dict]) -> list[str]:
     return cells
 
 
-def write_results_summary(zeroshot_csv, probe_csv, out_md) -> str:
+def provenance_section(record: dict, link: str) -> list[str]:
+    """The "Provenance" lines of summary.md from a provenance record (:mod:`supreme_ecg.provenance`):
+    commit and dirty flag, extraction backends / models / prompt hashes, hosts and GPUs, time span."""
+    project, git = record["project"], record["project"].get("git")
+    code = f"`{project['name']}` {project['version']}, "
+    if git is None:
+        code += "not a git checkout"
+    else:
+        code += f"git commit `{git['commit'][:12]}` " + (
+            f"**with uncommitted changes** ({git['n_changes']} paths in `git status`)" if git["dirty"] else "(clean)")
+    lines = ["", "## Provenance", "", f"- Code: {code}."]
+    extraction = record.get("extraction")
+    if extraction:
+        produced = "; ".join(f"`{r['backend']}` model `{r['model']}` prompt `{r['prompt_version']}` "
+                             f"({r['n_entities']} entities)" for r in extraction["produced_by"]) or "no entities"
+        records = ", ".join(f"`{b}` {n}" for b, n in extraction["records_by_backend"].items())
+        prompts = "; ".join(f"`{v}` sha256 `{p['sha256'][:16]}…`" for v, p in extraction["prompts"].items())
+        lines.append(f"- Extraction (counted from the output tables): {produced}; records per backend: {records}"
+                     + (f"; prompt text {prompts}" if prompts else "") + ".")
+    pretrain = (record.get("pretrain") or {}).get("trained_on")
+    if pretrain:
+        gpu = f" ({pretrain['gpu']})" if pretrain.get("gpu") else ""
+        lines.append(f"- Pre-training ran on `{pretrain['hostname']}`, device `{pretrain['device']}`{gpu}, "
+                     f"{pretrain['processes']} process(es).")
+    else:
+        lines.append("- Pre-training host: not recorded in the checkpoint.")
+    host = record["host"]
+    gpus = ", ".join(host["gpus"]) if host.get("gpus") else "no GPU"
+    lines.append(f"- This record was written on `{host['hostname']}` ({host['platform']}, {host['cpu_count']} CPUs, "
+                 f"{gpus}).")
+    timing = record.get("timing") or {}
+    if timing.get("first_job_start"):
+        lines.append(f"- Jobs behind these outputs ran from {timing['first_job_start']} to {timing['last_job_end']} "
+                     f"({timing['total_job_wall_s']:.0f} s of job wall time, {len(timing['jobs'])} jobs); "
+                     f"provenance recorded at {record['provenance_job']['finished']}.")
+    lines.append(f"- Full record: [provenance.json]({link}) (config with defaults, package versions, input "
+                 "checksums and manifest digests, output SHA-256, per-job wall times).")
+    return lines
+
+
+def write_results_summary(zeroshot_csv, probe_csv, out_md, provenance=None) -> str:
     """``results/summary.md``: per task, zero-shot and probe macro AUC (%) with 95 % intervals for the
-    pre-trained and the random-init encoder, then the published figures (copied, marked as such)."""
+    pre-trained and the random-init encoder, then the published figures (copied, marked as such), then
+    the run's provenance when ``provenance`` (the path of ``provenance.json``) is given."""
     zeroshot = pd.read_csv(zeroshot_csv)
     probes = pd.read_csv(probe_csv)
     figures = published_figures()
@@ -105,6 +149,9 @@ def write_results_summary(zeroshot_csv, probe_csv, out_md) -> str:
                                        + _published_cells(task, figures)) + " |")
     lines += ["", "Sources:"] + [f"- {f['method']}: {f['source']}{'' if f.get('verified') else ' (unverified)'}"
                                   for f in figures]
+    if provenance is not None:
+        link = os.path.relpath(provenance, Path(out_md).parent).replace(os.sep, "/")
+        lines += provenance_section(json.loads(Path(provenance).read_text("utf-8")), link)
     text = "\n".join(lines) + "\n"
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
     Path(out_md).write_text(text, encoding="utf-8")

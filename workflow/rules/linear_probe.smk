@@ -85,6 +85,7 @@ rule results_summary:
     input:
         zeroshot="results/zeroshot/summary.csv",
         probes="results/linear_probe/summary.csv",
+        provenance="results/provenance.json",
     output:
         md=report(
             "results/summary.md",
@@ -104,4 +105,4 @@ rule results_summary:
         "../../envs/pretrain.yaml"
     shell:
         "python -m supreme_ecg.cli results-summary --zeroshot {input.zeroshot} --probes {input.probes}"
-        " --out {output.md} --plot {output.plot} > {log} 2>&1"
+        " --provenance {input.provenance} --out {output.md} --plot {output.plot} > {log} 2>&1"

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from supreme_ecg.model import load_checkpoint, save_checkpoint
 from supreme_ecg.pretrain.config import CHECKPOINT, IN_PROGRESS, METRICS_COLUMNS, PretrainConfig
@@ -126,12 +128,22 @@ def save_state(folder: Path, state: dict, mid_epoch: bool) -> None:
         (folder / STEP_STATE).unlink(missing_ok=True)
 
 
+def trained_on(model) -> dict:
+    """Where the model trains: host name, device, GPU model (None on the CPU) and number of processes."""
+    device = next(model.parameters()).device
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    return {"hostname": socket.gethostname(), "device": str(device), "processes": int(world),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
 def _checkpoint(model, opt, epoch, history, table: LabelTable, queries: QueryBank, text, cfg, data,
                 scaler=None, position: dict | None = None) -> dict:
     """The checkpoint dict (tensors, dicts, lists, str, int, float only; loads with ``weights_only=True``).
 
     ``label_ids``/``label_names``/``label_members`` are the training vocabulary (the zero-shot stage
-    measures seen/unseen against them); ``label_queries`` the phrasings each label was trained on.
+    measures seen/unseen against them); ``label_queries`` the phrasings each label was trained on;
+    ``trained_on`` where this checkpoint was written (:func:`trained_on`, read by ``provenance.json``).
     """
     return {
         "model_state": model.state_dict(), "config": model.config, "label_names": list(table.names),
@@ -141,7 +153,7 @@ def _checkpoint(model, opt, epoch, history, table: LabelTable, queries: QueryBan
         "optimizer_state": opt.state_dict(), "text_encoder": text.name, "text_pooling": text.pooling,
         "history": [dict(r) for r in history], "resume_key": cfg.resume_key(),
         "n_train": data.n_train, "n_val": data.n_val, "n_samples": data.n_samples,
-        "preprocess": dict(data.preprocess),
+        "preprocess": dict(data.preprocess), "trained_on": trained_on(model),
         **({"scaler_state": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}),
         **({"position": position} if position is not None else {}),
     }
