@@ -64,7 +64,7 @@ def loader_rate(shard: Path, workers: int) -> tuple[float, float, int]:
     from supreme_ecg.pretrain.data import _Data
 
     ids = pq.read_table(shard, columns=["record_id"]).column("record_id").to_pylist()
-    cfg = PretrainConfig(max_in_memory_records=0, batch_size=64, loader_workers=workers, device="cpu",
+    cfg = PretrainConfig(max_in_memory_records=0, batch_size=64, loader_workers=workers, device="cpu", downsample=1,
                          val_fraction=0.0)
     data = _Data([shard], {str(r): 0 for r in ids}, np.zeros((1, 4), np.int8), cfg)
     for _ in data.train_batches(0):  # warm-up: page cache, worker start
