@@ -3,6 +3,13 @@
 Every reader returns a :class:`Record` whose ``signal`` is float32 ``(n_leads, n_samples)`` in mV,
 ``(adc - baseline) / gain``; the WFDB "invalid sample" value (-32768 in format 16) becomes NaN.
 Leads stay in file order: :func:`supreme_ecg.leads.reorder_by_name` puts them in canonical order.
+
+A record that cannot be read raises :class:`RecordReadError`; its ``reason`` becomes the reason of
+the preprocess reject row (and of ``predict``'s ``unreadable`` rows): ``missing_file`` (a header,
+signal or data file that does not exist, named in the detail), ``format_unsupported`` (a file of
+an extension no reader here reads), ``unit_unsupported`` (a signal whose unit is not a voltage),
+``empty_record`` (no signals or zero samples), ``bad_header``, ``multisegment_unsupported``,
+``truncated_dat``, ``wfdb_unreadable``, ``mat_*`` and ``h5_*`` (damaged files).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import re
 import stat
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +37,12 @@ SPH_FS = 500.0
 _FMT_RE = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
 _GAIN_RE = re.compile(r"^([-+]?[\d.]+(?:[eE][-+]?\d+)?)(?:\(([-+]?\d+)\))?(?:/(\S+))?$")
 _COMMENT_RE = re.compile(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
-_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nu": 1.0}
+#: Factor to mV of every voltage unit WFDB knows (wfdb-python's ``unit_scale["voltage"]``: pV, nV,
+#: uV, mV, V, kV), keyed in lower case: headers write "mv", "uv", and no ECG is in megavolts. Both
+#: micro signs (U+00B5, U+03BC) stand for u.
+_VOLT_TO_MV = {"pv": 1e-9, "nv": 1e-6, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "mv": 1.0, "v": 1e3, "kv": 1e6}
+#: A WFDB signal file name meaning "no file" (a multi-segment layout header's signals).
+NO_FILE = "~"
 
 
 class RecordReadError(ValueError):
@@ -87,10 +99,17 @@ class Header:
         """Per-signal baseline (ADC value of 0 physical units)."""
         return np.array([s.baseline for s in self.signals], dtype=np.float64)
 
-    @property
+    @cached_property
     def to_mv(self) -> np.ndarray:
-        """Per-signal factor from the header's units to mV."""
-        return np.array([_unit_factor(s.units) for s in self.signals], dtype=np.float64)
+        """Per-signal factor from the header's units to mV; raises ``unit_unsupported`` naming every
+        signal whose unit is not a voltage."""
+        factors = [_unit_factor(s.units) for s in self.signals]
+        if None in factors:
+            bad = [f"signal {i} {s.lead_name or '(unnamed)'!r} in {s.units!r}"
+                   for i, (s, factor) in enumerate(zip(self.signals, factors)) if factor is None]
+            raise RecordReadError(
+                "unit_unsupported", f"{self.record_name}: {', '.join(bad)}: not a voltage unit (V, mV, uV, nV, pV, kV)")
+        return np.array(factors, dtype=np.float64)
 
 
 @dataclass
@@ -112,9 +131,9 @@ class Record:
 # --------------------------------------------------------------------------- header parsing
 
 
-def _unit_factor(units: str) -> float:
-    """Factor from a WFDB unit string to mV (unknown units count as mV)."""
-    return _UNIT_TO_MV.get(units.strip().lower(), 1.0)
+def _unit_factor(units: str) -> float | None:
+    """Factor from a WFDB voltage unit (any case) to mV; None for any other unit."""
+    return _VOLT_TO_MV.get(units.strip().lower())
 
 
 def _int_or_none(tokens: list[str], i: int) -> int | None:
@@ -389,12 +408,28 @@ def _read_wfdb16_fast(directory: Path, header: Header) -> np.ndarray:
     return _scale(raw.reshape(-1, n_sig).T, header)
 
 
+def _signal_files(directory: Path, header: Header) -> list[Path]:
+    """The signal files a header names, each once, in header order; raises ``missing_file``."""
+    paths = [directory / name for name in dict.fromkeys(s.file_name for s in header.signals) if name != NO_FILE]
+    for path in paths:
+        if not path.is_file():
+            raise RecordReadError("missing_file", str(path))
+    return paths
+
+
 def _read_wfdb_generic(directory: Path, header: Header, stem: str) -> np.ndarray:
-    """Any other WFDB format through ``wfdb.rdrecord`` → mV."""
+    """Any other WFDB format through ``wfdb.rdrecord`` → mV; raises ``missing_file`` (as the
+    format-16 path does) and ``empty_record`` for signal files without a byte when the header
+    gives no length (wfdb: "sampto must be greater than sampfrom")."""
     import wfdb
 
+    files = _signal_files(directory, header)
+    if header.n_samples is None and files and all(path.stat().st_size == 0 for path in files):
+        raise RecordReadError("empty_record", f"{stem}: signal files {[p.name for p in files]} are empty")
     try:
         rec = wfdb.rdrecord(str(directory / stem), physical=True)
+    except FileNotFoundError as exc:  # a file that went away after the check
+        raise RecordReadError("missing_file", str(exc.filename or exc)) from exc
     except Exception as exc:  # wfdb raises many types on corrupt files
         raise RecordReadError("wfdb_unreadable", f"{type(exc).__name__}: {exc}") from exc
     return (rec.p_signal.T * header.to_mv[:, None]).astype(np.float32)
@@ -430,6 +465,8 @@ def _read_from_header(hea: Path, text: str | None = None) -> Record:
     fast path, CinC ``.mat`` or wfdb."""
     header = read_header(hea) if text is None else parse_header_text(text)
     directory, stem = hea.parent, hea.name[: -len(".hea")]
+    _check_not_empty(hea, header)
+    _ = header.to_mv  # a unit that is not a voltage is told before any data is read
     if header.signals and header.signals[0].file_name.lower().endswith(".mat"):
         signal, kind = _read_cinc_mat(directory, header), "cinc_mat"
     elif _is_fast_wfdb16(header):
@@ -441,6 +478,18 @@ def _read_from_header(hea: Path, text: str | None = None) -> Record:
         n_samples=signal.shape[1], comments=header.comments, source_format=kind,
         **parse_comments(header.comments),
     )
+
+
+def _check_not_empty(hea: Path, header: Header) -> None:
+    """Raise ``empty_record`` for a header without signals or with a length of 0 samples (such as
+    a multi-segment layout header, whose signals have no files and which wfdb refuses with
+    "sampto must be greater than sampfrom")."""
+    if header.n_sig == 0:
+        raise RecordReadError("empty_record", f"{hea.name}: no signals")
+    if header.n_samples == 0:
+        layout = all(s.file_name == NO_FILE for s in header.signals)
+        kind = " (a multi-segment layout header: its signals have no files)" if layout else ""
+        raise RecordReadError("empty_record", f"{hea.name}: 0 samples{kind}")
 
 
 def read_cpsc2018_mat(mat_path: str | Path) -> Record:
@@ -487,8 +536,20 @@ def _with_suffix(path: Path, suffix: str) -> Path:
 
 
 def read_record(path: str | Path) -> Record:
-    """Read any supported record from its header path, data path or extension-less record path."""
-    path = Path(path)
+    """Read any supported record from its header path, data path or extension-less record path.
+
+    Raises :class:`RecordReadError`: ``missing_file`` where no such record exists,
+    ``format_unsupported`` for an existing file of an extension read here by no reader (``.edf``),
+    ``empty_record`` for a record of zero samples, and the readers' reasons.
+    """
+    record = _read_any(Path(path))
+    if record.signal.shape[-1] == 0:
+        raise RecordReadError("empty_record", f"{path}: 0 samples")
+    return record
+
+
+def _read_any(path: Path) -> Record:
+    """:func:`read_record` before the check for zero samples."""
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         return read_sph_h5(path)
@@ -507,6 +568,11 @@ def read_record(path: str | Path) -> Record:
         candidate = _with_suffix(path, ext)
         if candidate.is_file():
             return reader(candidate)
+    if path.is_file():
+        extension = repr(path.suffix) if path.suffix else "no extension"
+        raise RecordReadError(
+            "format_unsupported",
+            f"{path}: {extension} is not read (WFDB .hea/.dat, CinC or CPSC2018 .mat, SPH .h5/.hdf5 are)")
     raise RecordReadError("missing_file", str(path))
 
 

@@ -20,6 +20,9 @@ _BY_KEY = {name.upper(): name for name in CANONICAL_LEADS}
 class MissingLeadsError(ValueError):
     """The record lacks leads that cannot be derived (e.g. a precordial lead)."""
 
+    def __init__(self, problem: str, lead_names):
+        super().__init__(f"{problem}; the record has {list(lead_names)}")
+
 
 def canonical_lead_name(name: str) -> str | None:
     """Map a header's lead name (``AVR``, ``avr``, `` v1 ``) to its canonical spelling, or None."""
@@ -56,12 +59,13 @@ def reorder_by_name(
             index[canon] = row
     missing_precordial = [name for name in PRECORDIAL_LEADS if name not in index]
     if missing_precordial:
-        raise MissingLeadsError(f"missing precordial leads {missing_precordial}")
+        raise MissingLeadsError(f"missing precordial leads {missing_precordial}", lead_names)
     missing_limb = [name for name in LIMB_LEADS if name not in index]
     derived_rows: dict[str, np.ndarray] = {}
     if missing_limb:
         if "I" not in index or "II" not in index:
-            raise MissingLeadsError(f"missing limb leads {missing_limb} and cannot derive without I and II")
+            raise MissingLeadsError(f"missing limb leads {missing_limb} and cannot derive without I and II",
+                                    lead_names)
         limb = derive_limb_leads(signal[index["I"]], signal[index["II"]])
         derived_rows = {name: limb[name] for name in missing_limb}
     if not missing_limb:
