@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint report clean
+.PHONY: install demo test lint report clean slurm-demo slurm-drills
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,17 @@ lint: install
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
+# The demo as SLURM jobs on a single-node cluster on this machine (root; installs Debian's slurm-wlm,
+# slurmdbd, munge and mariadb-server when missing), in runs/slurm-demo; compared with results/ if present.
+slurm-demo: install
+	bash tests/slurm/demo.sh
+
+# Fault drills on that cluster (after slurm-demo): scancel pretrain, retries, a killed preprocess shard.
+slurm-drills: install
+	bash tests/slurm/drills.sh
+
 report: install
 	$(BIN)/snakemake --report report.html
 
 clean:
-	rm -rf results logs benchmarks/out .snakemake data/demo
+	rm -rf results logs benchmarks/out .snakemake data/demo runs
