@@ -23,7 +23,8 @@ from supreme_ecg.settings import REPO_ROOT
 
 FINAL = ["results/zeroshot/summary.csv", "results/linear_probe/summary.csv", "results/pretrain/checkpoint.pt",
          "results/extract/label_vocabulary.parquet"]
-TRAINED_ON = {"hostname": "gpu-node-7", "device": "cuda:0", "gpu": "NVIDIA H200", "processes": 2}
+TRAINED_ON = {"hostname": "gpu-node-7", "device": "cuda:0", "gpu": "NVIDIA H200", "processes": 2,
+              "code": {"commit": "fedcba9876543210", "dirty": False}}
 CONFIG = {"extract": {"backend": "ollama", "model": "qwen3:8b", "api_key": "sk-LEAK1", "api_key_env": "MY_KEY",
                       "max_tokens": 1024},
           "hub": [{"name": "a", "token": "hf_LEAK2"}], "db": {"password": "LEAK3", "client_secret": "LEAK4"}}
@@ -129,9 +130,11 @@ def test_git_commit_and_dirty_flag(tmp_path):
     assert git["dirty"] and git["changes"] == [" M Snakefile"]
 
 
-def test_trained_on_names_the_device_the_model_is_on():
+def test_trained_on_names_the_device_the_model_is_on_and_the_code():
+    git = provenance.project_version(REPO_ROOT)["git"]
+    code = {"commit": git["commit"], "dirty": git["dirty"]} if git else None
     assert trained_on(torch.nn.Linear(2, 2)) == {"hostname": provenance.host()["hostname"], "device": "cpu",
-                                                 "processes": 1, "gpu": None}
+                                                 "processes": 1, "gpu": None, "code": code}
 
 
 def test_summary_section_names_commit_backend_host_and_link(run_dir):
@@ -140,7 +143,7 @@ def test_summary_section_names_commit_backend_host_and_link(run_dir):
     text = "\n".join(provenance_section(record, "provenance.json"))
     assert "## Provenance" in text and "`0123456789ab` **with uncommitted changes** (2 paths" in text
     assert "`ollama` model `qwen3:8b` prompt `entity_extraction_v2` (3 entities)" in text
-    assert "`gpu-node-7`, device `cuda:0` (NVIDIA H200), 2 process(es)" in text
+    assert "`gpu-node-7`, device `cuda:0` (NVIDIA H200), 2 process(es) with commit `fedcba987654` (clean)" in text
     assert "[provenance.json](provenance.json)" in text and "110 s of job wall time, 2 jobs" in text
 
 

@@ -87,8 +87,11 @@ def provenance_section(record: dict, link: str) -> list[str]:
     pretrain = (record.get("pretrain") or {}).get("trained_on")
     if pretrain:
         gpu = f" ({pretrain['gpu']})" if pretrain.get("gpu") else ""
+        code = pretrain.get("code")
+        at = (f" with commit `{code['commit'][:12]}` ({'dirty' if code['dirty'] else 'clean'})" if code
+              else " (code version not recorded)")
         lines.append(f"- Pre-training ran on `{pretrain['hostname']}`, device `{pretrain['device']}`{gpu}, "
-                     f"{pretrain['processes']} process(es).")
+                     f"{pretrain['processes']} process(es){at}.")
     else:
         lines.append("- Pre-training host: not recorded in the checkpoint.")
     host = record["host"]

@@ -9,6 +9,7 @@ key hashes what a resumed run must share with the run it continues: the settings
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import socket
@@ -128,13 +129,25 @@ def save_state(folder: Path, state: dict, mid_epoch: bool) -> None:
         (folder / STEP_STATE).unlink(missing_ok=True)
 
 
+@functools.cache
+def _code_version() -> dict | None:
+    """Git commit and dirty flag of the code this process runs (None outside a checkout); read once."""
+    from supreme_ecg.provenance import project_version
+    from supreme_ecg.settings import REPO_ROOT
+
+    git = project_version(REPO_ROOT)["git"]
+    return {"commit": git["commit"], "dirty": git["dirty"]} if git else None
+
+
 def trained_on(model) -> dict:
-    """Where the model trains: host name, device, GPU model (None on the CPU) and number of processes."""
+    """Where the model trains: host name, device, GPU model (None on the CPU), number of processes, and
+    the code (git commit and dirty flag) that trained it."""
     device = next(model.parameters()).device
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     world = torch.distributed.get_world_size() if distributed else 1
     return {"hostname": socket.gethostname(), "device": str(device), "processes": int(world),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "code": _code_version()}
 
 
 def _checkpoint(model, opt, epoch, history, table: LabelTable, queries: QueryBank, text, cfg, data,
