@@ -5,7 +5,8 @@
 #      -> Snakemake resubmits it by itself and the new attempt resumes;
 #   3. scancel one preprocess shard job while its sibling runs -> the rerun redoes only that shard.
 # Needs a finished `make slurm-demo` (runs/slurm-demo): the drills copy it to runs/drills and drop the
-# outputs they exercise. Prints what each drill showed; exits 1 if any did not behave.
+# outputs they exercise. Prints what each drill showed; exits 1 if any did not behave. DRILLS="1 3"
+# runs some of them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -41,7 +42,11 @@ wait_until() {  # wait_until SECONDS COMMAND...
     until "$@"; do [ $SECONDS -lt $end ] || return 1; sleep 2; done
 }
 
-epochs_logged() { grep -c "^.*epoch [0-9]*/[0-9]*: train_loss" "$DRILL/logs/pretrain.log" 2>/dev/null || echo 0; }
+epochs_logged() {  # whole epochs the pretrain log reports
+    local n
+    n=$(grep -c "epoch [0-9]*/[0-9]*: train_loss" "$DRILL/logs/pretrain.log" 2>/dev/null) || true
+    echo "${n:-0}"
+}
 mid_epoch() { [ "$(epochs_logged)" -ge "$1" ] && [ -n "$(job_of rule_pretrain)" ]; }
 
 kill_pretrain_after_epochs() {  # wait for N whole epochs plus a little, then scancel the pretrain job
@@ -60,6 +65,7 @@ metrics_epochs() {
 }
 
 # --- 1: scancel pretrain, rerun by hand -----------------------------------------------------------
+drill_1() {
 fresh_pretrain
 smk "$DRILL/drill1-first.log" --retries 0 results/pretrain/checkpoint.pt &
 runner=$!
@@ -68,13 +74,16 @@ wait "$runner" && first_rc=0 || first_rc=$?
 state=$(sacct -X -n -P -j "${job:-0}" -o state | head -1)
 smk "$DRILL/drill1-rerun.log" --retries 0 results/pretrain/checkpoint.pt && rerun_rc=0 || rerun_rc=$?
 resumed=$(resumed_line)
-if [ "$first_rc" != 0 ] && [ "$state" = CANCELLED ] && [ "$rerun_rc" = 0 ] && [ -n "$resumed" ]; then
+if [ "$first_rc" != 0 ] && [[ "$state" == CANCELLED* ]] && [ "$rerun_rc" = 0 ] && [ -n "$resumed" ]; then
     report 1 PASS "job $job cancelled after $at_kill whole epochs (sacct: $state, snakemake exit $first_rc); rerun: $resumed; metrics rows/unique/first/last epoch: $(metrics_epochs)"
 else
     report 1 FAIL "job=${job:-none} state=$state first_rc=$first_rc rerun_rc=$rerun_rc resumed='${resumed}' (logs in $DRILL)"
 fi
 
+}
+
 # --- 2: scancel pretrain under the profile's retries -------------------------------------------------
+drill_2() {
 fresh_pretrain
 smk "$DRILL/drill2.log" results/pretrain/checkpoint.pt &
 runner=$!
@@ -88,7 +97,10 @@ else
     report 2 FAIL "rc=$rc pretrain jobs: '$states' resumed='$resumed' (log $DRILL/drill2.log)"
 fi
 
+}
+
 # --- 3: scancel one preprocess shard -----------------------------------------------------------------
+drill_3() {
 shards=(results/preprocessed/ptbxl/shard-0-of-2.parquet results/preprocessed/ptbxl/shard-1-of-2.parquet)
 (cd "$DRILL" && rm -f "${shards[@]}" results/preprocessed/ptbxl/rejects-*-of-2.parquet)
 smk "$DRILL/drill3-first.log" --retries 0 --keep-going "${shards[@]}" &
@@ -99,8 +111,8 @@ victim=$(job_of rule_preprocess_shard_wildcards_ptbxl_0)
 [ -n "$victim" ] && scancel "$victim"
 wait "$runner" || true
 sibling_before=$(stat -c %Y "$DRILL/${shards[1]}" 2>/dev/null || echo missing)
-plan=$("$PYTHON" -m snakemake -n --directory "$DRILL" --configfile "$REPO/config.yaml" "${shards[@]}" 2>&1 \
-    | awk '$1 == "preprocess_shard" {print $2}')
+plan=$("$PYTHON" -m snakemake -n --directory "$DRILL" "${shards[@]}" --configfile "$REPO/config.yaml" 2>&1 \
+    | awk '$1 == "preprocess_shard" {print $2}') || true
 smk "$DRILL/drill3-rerun.log" --retries 0 "${shards[@]}" && rerun_rc=0 || rerun_rc=$?
 sibling_after=$(stat -c %Y "$DRILL/${shards[1]}" 2>/dev/null || echo missing)
 if [ -n "$victim" ] && [ "$plan" = 1 ] && [ "$rerun_rc" = 0 ] && [ "$sibling_before" = "$sibling_after" ] \
@@ -110,6 +122,9 @@ else
     report 3 FAIL "victim=${victim:-none} planned=${plan:-0} rerun_rc=$rerun_rc sibling $sibling_before -> $sibling_after"
 fi
 
+}
+
+for n in ${DRILLS:-1 2 3}; do "drill_$n"; done
 echo "== pretrain and preprocess jobs of the drills (sacct) =="
 sacct -X -P -n --starttime=2000-01-01 -o jobid,comment,state,elapsed | grep -E "rule_(pretrain|preprocess_shard)" | tail -12 | column -t -s'|'
 exit $((failures > 0))
