@@ -112,7 +112,7 @@ victim=$(job_of rule_preprocess_shard_wildcards_ptbxl_0)
 wait "$runner" || true
 sibling_before=$(stat -c %Y "$DRILL/${shards[1]}" 2>/dev/null || echo missing)
 plan=$("$PYTHON" -m snakemake -n --directory "$DRILL" "${shards[@]}" --configfile "$REPO/config.yaml" 2>&1 \
-    | awk '$1 == "preprocess_shard" {print $2}') || true
+    | awk '$1 == "preprocess_shard" {print $2; exit}') || true
 smk "$DRILL/drill3-rerun.log" --retries 0 "${shards[@]}" && rerun_rc=0 || rerun_rc=$?
 sibling_after=$(stat -c %Y "$DRILL/${shards[1]}" 2>/dev/null || echo missing)
 if [ -n "$victim" ] && [ "$plan" = 1 ] && [ "$rerun_rc" = 0 ] && [ "$sibling_before" = "$sibling_after" ] \
