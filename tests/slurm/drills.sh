@@ -29,7 +29,7 @@ report() { echo "DRILL $1: $2 — $3"; [ "$2" = PASS ] || failures=$((failures +
 smk() {  # smk LOGFILE ARGS...: the workflow in the drill folder through the SLURM profile
     local logfile=$1; shift
     "$PYTHON" -m snakemake --profile profiles/slurm --directory "$DRILL" --configfile "$REPO/config.yaml" \
-        --set-resources pretrain:gpu=0 pretrain:mem_mb=8000 --max-threads "$(nproc)" \
+        --set-resources pretrain:slurm_partition=gpu pretrain:gpu=0 pretrain:mem_mb=8000 --max-threads "$(nproc)" \
         --slurm-init-seconds-before-status-checks 5 "$@" >"$logfile" 2>&1
 }
 
