@@ -8,29 +8,19 @@
 # outputs they exercise. Prints what each drill showed; exits 1 if any did not behave. DRILLS="1 3"
 # runs some of them.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-REPO=$PWD
-PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 SOURCE=${SLURM_DEMO_DIR:-runs/slurm-demo}
 DRILL=${DRILLS_DIR:-runs/drills}
-CLUSTER=tests/slurm/cluster.sh
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-
+cd "$(dirname "$0")/../.."
 [ -f "$SOURCE/results/summary.md" ] || { echo "drills: run \`make slurm-demo\` first ($SOURCE)" >&2; exit 2; }
-started=0
-if ! sinfo -h >/dev/null 2>&1; then bash "$CLUSTER" start; started=1; fi
-cleanup() { if [ "$started" = 1 ]; then bash "$CLUSTER" stop; fi; }
-trap cleanup EXIT
+source tests/slurm/local.sh
 
 rm -rf "$DRILL" && cp -a "$SOURCE" "$DRILL"
 failures=0
 report() { echo "DRILL $1: $2 — $3"; [ "$2" = PASS ] || failures=$((failures + 1)); }
 
-smk() {  # smk LOGFILE ARGS...: the workflow in the drill folder through the SLURM profile
+smk() {  # smk LOGFILE ARGS...: the workflow in the drill folder on the local cluster
     local logfile=$1; shift
-    "$PYTHON" -m snakemake --profile profiles/slurm --directory "$DRILL" --configfile "$REPO/config.yaml" \
-        --set-resources pretrain:slurm_partition=gpu pretrain:gpu=0 pretrain:mem_mb=8000 --max-threads "$(nproc)" \
-        --slurm-init-seconds-before-status-checks 5 "$@" >"$logfile" 2>&1
+    local_snakemake "$DRILL" "$@" --configfile "$REPO/config.yaml" >"$logfile" 2>&1  # --configfile last
 }
 
 job_of() {  # job_of COMMENT_PREFIX: id of the running SLURM job whose comment starts so
@@ -126,5 +116,5 @@ fi
 
 for n in ${DRILLS:-1 2 3}; do "drill_$n"; done
 echo "== pretrain and preprocess jobs of the drills (sacct) =="
-sacct -X -P -n --starttime=2000-01-01 -o jobid,comment,state,elapsed | grep -E "rule_(pretrain|preprocess_shard)" | tail -12 | column -t -s'|'
+sacct -X -P -n --starttime=2000-01-01 -o jobid,comment,state,elapsed | grep -E "rule_pretrain\b|rule_preprocess_shard" | tail -12 | column -t -s'|'
 exit $((failures > 0))
