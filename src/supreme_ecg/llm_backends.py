@@ -46,6 +46,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import httpx
 
+from supreme_ecg.config_schema import schema_defaults
 from supreme_ecg.extract.answers import (
     ANSWER_SCHEMA,
     PROMPT_VERSION,
@@ -510,22 +511,26 @@ class FallbackBackend:
 
 # --------------------------------------------------------------------------- command-line helpers
 
-OPTION_DEFAULTS = {  # option -> (type, default, help); None = the backend's own default
-    "model": (str, None, "model name as the server knows it (required for ollama/openai)"),
-    "host": (str, None, f"server URL (ollama: {OllamaBackend.default_host}; openai: base URL with /v1, "
-                        f"{OpenAICompatibleBackend.default_host})"),
-    "fallback": (str, None, "backend to use if the primary one is unreachable at start (e.g. lexicon)"),
-    "concurrency": (int, 4, "requests in flight at once"),
-    "seed": (int, 0, "sampling seed (temperature is always 0)"),
-    "timeout_s": (float, 120.0, "seconds per request before it is retried"),
-    "max_retries": (int, 3, "retries of a request after connection errors, time-outs, 5xx"),
-    "max_repairs": (int, 2, "repair requests after an invalid answer before the unit is quarantined"),
-    "backoff_s": (float, 1.0, "first back-off delay; doubles per retry"),
-    "max_tokens": (int, 1024, "answer length limit"),
-    "keep_alive": (str, "30m", "ollama only: how long the server keeps the model loaded"),
-    "api_key_env": (str, "OPENAI_API_KEY", "openai only: NAME of the environment variable holding the API key"),
-    "prompt_version": (str, PROMPT_VERSION, "prompt file resources/prompts/<version>.txt"),
+_EXTRACT_DEFAULTS = schema_defaults("extract")
+_OPTION_HELP = {  # option -> (type, help)
+    "model": (str, "model name as the server knows it (required for ollama/openai)"),
+    "host": (str, f"server URL (ollama: {OllamaBackend.default_host}; openai: base URL with /v1, "
+                  f"{OpenAICompatibleBackend.default_host})"),
+    "fallback": (str, "backend to use if the primary one is unreachable at start (e.g. lexicon)"),
+    "concurrency": (int, "requests in flight at once"),
+    "seed": (int, "sampling seed (temperature is always 0)"),
+    "timeout_s": (float, "seconds per request before it is retried"),
+    "max_retries": (int, "retries of a request after connection errors, time-outs, 5xx"),
+    "max_repairs": (int, "repair requests after an invalid answer before the unit is quarantined"),
+    "backoff_s": (float, "first back-off delay; doubles per retry"),
+    "max_tokens": (int, "answer length limit"),
+    "keep_alive": (str, "ollama only: how long the server keeps the model loaded"),
+    "api_key_env": (str, "openai only: NAME of the environment variable holding the API key"),
+    "prompt_version": (str, "prompt file resources/prompts/<version>.txt"),
 }
+#: option -> (type, default, help); defaults from the config schema's ``extract`` section (None = the
+#: backend's own default)
+OPTION_DEFAULTS = {option: (kind, _EXTRACT_DEFAULTS.get(option), text) for option, (kind, text) in _OPTION_HELP.items()}
 _ONLY = {"keep_alive": "ollama", "api_key_env": "openai"}
 
 
